@@ -1,0 +1,246 @@
+"""`benchlib data prepare`: corpus -> tokenizer -> Megatron indexed dataset, and how to use it.
+
+Passes over the corpus, each streamed: one to train the tokenizer (when none is given), one to
+tokenize and write. The trained tokenizer goes to a temp folder beside its target and is
+renamed there only once the dataset is written too, so a failed run leaves neither behind.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import BenchError
+from .corpus import Corpus
+from .indexed import bin_path, idx_path, write_indexed
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    input: Path
+    output_prefix: Path
+    text_key: str = "text"
+    tokenizer: Path | None = None  # a local Hugging Face tokenizer folder; None = train one
+    vocab_size: int | None = None  # for the trained tokenizer; None = DEFAULT_VOCAB
+    tokenizer_output: Path | None = None  # where the trained tokenizer goes; None = <PREFIX>-tokenizer
+    workers: int = 1
+    append_eod: bool = False
+    overwrite: bool = False
+
+    @property
+    def trains_tokenizer(self) -> bool:
+        return self.tokenizer is None
+
+    def trained_tokenizer_dir(self) -> Path:
+        return self.tokenizer_output or Path(f"{self.output_prefix}-tokenizer")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    documents: int
+    tokens: int
+    skipped_empty: int
+    vocab_size: int
+    token_dtype: str
+    tokenizer_path: Path
+    trained_tokenizer: bool
+    eod_appended: bool
+    prefix: Path
+
+    @property
+    def bin_path(self) -> Path:
+        return bin_path(self.prefix)
+
+    @property
+    def idx_path(self) -> Path:
+        return idx_path(self.prefix)
+
+
+def _absolute(path: Path) -> Path:
+    # Absolute, symlinks kept: the printed knobs must work from any directory (and on other nodes).
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
+
+
+def normalize(opts: PrepareOptions) -> PrepareOptions:
+    """Check the options before any work; make every path absolute."""
+    prefix_text = str(opts.output_prefix)
+    if not prefix_text or prefix_text.endswith(("/", os.sep)):
+        raise BenchError(f"--output-prefix {prefix_text!r} names a folder, not a file prefix", hint="e.g. --output-prefix data/mycorpus (writes data/mycorpus.bin and .idx)")
+    if prefix_text.endswith((".bin", ".idx")):
+        raise BenchError(
+            f"--output-prefix {prefix_text!r} ends in {prefix_text[-4:]}",
+            hint=f"give the prefix without the suffix: --output-prefix {prefix_text[:-4]}",
+        )
+    if opts.tokenizer is not None and opts.vocab_size is not None:
+        raise BenchError("--tokenizer and --vocab-size both given", hint="--vocab-size is for training a new tokenizer; an existing one has its own")
+    if opts.tokenizer is not None and opts.tokenizer_output is not None:
+        raise BenchError("--tokenizer-output is only used when a tokenizer is trained", hint="drop --tokenizer-output, or drop --tokenizer to train one")
+    if opts.workers < 1:
+        raise BenchError(f"--workers {opts.workers} must be at least 1")
+    if not opts.text_key:
+        raise BenchError("--text-key is empty", hint="name the JSON key that holds the text, e.g. --text-key text")
+    out = PrepareOptions(
+        input=_absolute(opts.input),
+        output_prefix=_absolute(opts.output_prefix),
+        text_key=opts.text_key,
+        tokenizer=None if opts.tokenizer is None else _absolute(opts.tokenizer),
+        vocab_size=opts.vocab_size,
+        tokenizer_output=None if opts.tokenizer_output is None else _absolute(opts.tokenizer_output),
+        workers=opts.workers,
+        append_eod=opts.append_eod,
+        overwrite=opts.overwrite,
+    )
+    Corpus(out.input, out.text_key).check()
+    if out.tokenizer is not None:
+        from .tokenizer import check_tokenizer_path
+
+        check_tokenizer_path(out.tokenizer)
+    else:
+        from .tokenizer import DEFAULT_VOCAB, check_vocab_size
+
+        check_vocab_size(out.vocab_size or DEFAULT_VOCAB)
+        if out.trained_tokenizer_dir().exists() and not out.overwrite:
+            folder = out.trained_tokenizer_dir()
+            raise BenchError(
+                f"tokenizer folder {folder} already exists",
+                hint=f"reuse it with --tokenizer {folder}, choose another --tokenizer-output, or pass --overwrite",
+            )
+    existing = [p for p in (bin_path(out.output_prefix), idx_path(out.output_prefix)) if p.exists()]
+    if existing and not out.overwrite:
+        raise BenchError(
+            f"{', '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}",
+            hint="choose another --output-prefix, or pass --overwrite to replace them",
+        )
+    return out
+
+
+def _train_tokenizer(corpus: Corpus, vocab_size: int):
+    from .tokenizer import train_bpe
+
+    failure: list[BaseException] = []
+
+    def guarded():
+        # A BenchError raised inside the Rust trainer's iterator would lose its message: keep it.
+        try:
+            yield from corpus.documents()
+        except BenchError as err:
+            failure.append(err)
+
+    tok = train_bpe(guarded(), vocab_size)
+    if failure:
+        raise failure[0]
+    return tok
+
+
+def _empty_corpus(corpus: Corpus) -> BenchError:
+    stats = corpus.stats
+    what = f"{stats.lines} line(s), {stats.skipped_empty} empty document(s)" if stats.lines else "no lines"
+    key = f" under key {corpus.text_key!r}" if corpus.is_jsonl else ""
+    return BenchError(f"{corpus.path} has no non-empty document{key} ({what})", hint="give a corpus with text in it")
+
+
+def _remove_stale_cache(prefix: Path, log: Callable[[str], None]) -> None:
+    # Megatron caches its sample indices under <PREFIX>/cache/, keyed by the prefix and the run's
+    # settings, not by the file contents: after replacing the data they would point into the old one.
+    cache = prefix / "cache"
+    if cache.is_dir():
+        shutil.rmtree(cache)
+        log(f"removed Megatron's index cache {cache} (it described the replaced data)")
+
+
+def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> PrepareResult:
+    """Run the whole step; returns what was written."""
+    import tempfile
+
+    from .encode import encode_documents
+    from .tokenizer import DEFAULT_VOCAB, load_megatron_tokenizer, save_hf_folder
+
+    opts = normalize(opts)
+    corpus = Corpus(opts.input, opts.text_key)
+    staging: Path | None = None
+    try:
+        if opts.trains_tokenizer:
+            vocab = opts.vocab_size or DEFAULT_VOCAB
+            log(f"training a byte-level BPE tokenizer (vocab size up to {vocab}) on {opts.input} ...")
+            tok = _train_tokenizer(corpus, vocab)
+            if corpus.stats.documents == 0:
+                raise _empty_corpus(corpus)
+            final_tok = opts.trained_tokenizer_dir()
+            staging_root = Path(tempfile.mkdtemp(prefix=f".{final_tok.name}.", suffix=".tmp", dir=_mkparent(final_tok)))
+            staging = staging_root
+            tokenizer_dir = staging_root / final_tok.name
+            save_hf_folder(tok, tokenizer_dir)
+        else:
+            final_tok = tokenizer_dir = opts.tokenizer  # type: ignore[assignment]
+        tokenizer = load_megatron_tokenizer(tokenizer_dir)
+        vocab_size = int(tokenizer.vocab_size)
+        eod = None
+        if opts.append_eod:
+            eod = tokenizer.eod
+            if eod is None:
+                raise BenchError(f"the tokenizer at {final_tok} has no end-of-document (eos) token", hint="drop --append-eod, or use a tokenizer with an eos_token")
+        log(f"tokenizing {opts.input} with {final_tok} (vocab size {vocab_size}) ...")
+        stats = write_indexed(
+            opts.output_prefix,
+            encode_documents(corpus.documents(), tokenizer, tokenizer_dir, workers=opts.workers),
+            vocab_size,
+            eod=eod,
+            before_commit=lambda: _check_documents(corpus),
+        )
+        if opts.overwrite:
+            _remove_stale_cache(opts.output_prefix, log)
+        if staging is not None:
+            from .tokenizer import replace_folder
+
+            replace_folder(tokenizer_dir, final_tok)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return PrepareResult(
+        documents=stats.documents,
+        tokens=stats.tokens,
+        skipped_empty=corpus.stats.skipped_empty + stats.skipped_no_tokens,
+        vocab_size=vocab_size,
+        token_dtype=stats.dtype,
+        tokenizer_path=final_tok,
+        trained_tokenizer=opts.trains_tokenizer,
+        eod_appended=opts.append_eod,
+        prefix=opts.output_prefix,
+    )
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
+
+
+def _check_documents(corpus: Corpus) -> None:
+    if corpus.stats.documents == 0:
+        raise _empty_corpus(corpus)
+
+
+def usage_text(result: PrepareResult, *, model: str = "<MODEL>", cluster: str = "<CLUSTER>") -> str:
+    """What was written, and the exact settings that train on it."""
+    q = shlex.quote
+    tok_how = "trained byte-level BPE" if result.trained_tokenizer else "given tokenizer"
+    lines = [
+        f"documents   {result.documents}" + (f" ({result.skipped_empty} empty skipped)" if result.skipped_empty else ""),
+        f"tokens      {result.tokens}" + (" (end-of-document token appended to each)" if result.eod_appended else " (no end-of-document tokens: pass --append-eod to mark document boundaries)"),
+        f"vocab size  {result.vocab_size} ({tok_how}; tokens stored as {result.token_dtype})",
+        f"data        {result.bin_path}",
+        f"            {result.idx_path}",
+        f"tokenizer   {result.tokenizer_path}",
+        "",
+        "To train on it (DATA=real reads the cluster conf's DATA_PATH and TOKENIZER_MODEL):",
+        f"  for one run:  DATA=real DATA_PATH={q(str(result.prefix))} TOKENIZER_MODEL={q(str(result.tokenizer_path))} MODEL={model} bash interactive_benchmarking.sh",
+        f"  or for every run of a model, in cluster_configs/benchmarking/{cluster}.conf:",
+        f"    [{model}]",
+        f"    DATA_PATH={result.prefix}",
+        f"    TOKENIZER_MODEL={result.tokenizer_path}",
+        "  then run with DATA=real.",
+        f"  Megatron flags: --data-path {q(str(result.prefix))} --tokenizer-type HuggingFaceTokenizer --tokenizer-model {q(str(result.tokenizer_path))}",
+    ]
+    return "\n".join(lines)
