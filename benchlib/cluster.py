@@ -112,6 +112,6 @@ def load_cluster(name: str, model: str, env_overrides: dict[str, str] | None = N
                 raise BenchError(f"{path}: {key}={raw!r} is not one of {', '.join(_CHOICES[key])}")
             typed[key] = _expand(raw) if key in _PATH_KEYS else raw
     cluster = ClusterConfig(**typed)  # type: ignore[arg-type]
-    if cluster.GPUS_PER_NODE < 1:
-        raise BenchError(f"{path}: GPUS_PER_NODE must be at least 1")
+    if cluster.GPUS_PER_NODE < 0:
+        raise BenchError(f"{path}: GPUS_PER_NODE must be 0 (count this machine's GPUs) or more")
     return cluster

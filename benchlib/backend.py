@@ -1,0 +1,97 @@
+"""Which layer implementation a run uses, the flags it needs, and what it cannot run.
+
+- te:     Transformer Engine (NGC containers). Everything is allowed.
+- native: benchlib's torch-native spec (benchlib/spec): SDPA attention incl. MLA, grouped-GEMM experts.
+- local:  Megatron-Core's own local spec (slow, no MLA): the baseline the native spec is compared with.
+
+BACKEND=auto picks te where Transformer Engine is expected (a pyxis container, or importable
+here), else native. The choice is announced in one line by the launcher.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from .cluster import ClusterConfig
+from .errors import BenchError
+from .knobs import Knobs
+
+TE_FLAGS: list[tuple[str, Any]] = [("--transformer-impl", "transformer_engine"), ("--moe-permute-fusion", True)]
+# Megatron's local implementation needs these fused kernels switched off (they need TE/apex).
+LOCAL_FLAGS: list[tuple[str, Any]] = [
+    ("--transformer-impl", "local"),
+    ("--no-persist-layer-norm", True),
+    ("--no-gradient-accumulation-fusion", True),
+    ("--no-masked-softmax-fusion", True),
+    ("--no-rope-fusion", True),
+]
+# The driver swaps in benchlib's spec when it sees BENCH_SPEC=native in the environment
+# (Megatron's --spec expects its own module paths, see docs/gpu.md).
+NATIVE_FLAGS: list[tuple[str, Any]] = list(LOCAL_FLAGS)
+NATIVE_ENV = {"BENCH_SPEC": "native"}
+
+# Extra Megatron flags that need Transformer Engine (or DeepEP): refused on other backends.
+TE_ONLY_EXTRA_FLAGS = {
+    "--fp8-format": "fp8 needs Transformer Engine",
+    "--fp4-format": "fp4 needs Transformer Engine",
+    "--moe-permute-fusion": "the fused permutation kernel is in Transformer Engine",
+    "--moe-router-fusion": "the fused router kernel is in Transformer Engine",
+    "--tp-comm-overlap": "TP communication overlap needs Transformer Engine userbuffers",
+    "--sequence-parallel": "torch norms refuse sequence parallelism (Megatron needs TE's norms for it)",
+    "--overlap-moe-expert-parallel-comm": "all-to-all overlap needs delayed wgrad, which needs Transformer Engine",
+}
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str  # te | native | local
+    reason: str
+    flags: list[tuple[str, Any]]
+    env: dict[str, str]
+
+
+def te_importable() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def choose_backend(k: Knobs, cluster: ClusterConfig) -> BackendChoice:
+    name = k.BACKEND
+    if name == "auto":
+        if cluster.CONTAINER_RUNTIME == "pyxis":
+            name, reason = "te", "auto: container runtime pyxis (NGC images ship Transformer Engine)"
+        elif te_importable():
+            name, reason = "te", "auto: transformer_engine is importable"
+        else:
+            name, reason = "native", "auto: no Transformer Engine here, using benchlib's torch-native spec"
+    else:
+        reason = f"BACKEND={name}"
+    if name == "te":
+        return BackendChoice("te", reason, list(TE_FLAGS), {})
+    if name == "native":
+        return BackendChoice("native", reason, list(NATIVE_FLAGS), dict(NATIVE_ENV))
+    return BackendChoice("local", reason, list(LOCAL_FLAGS), {})
+
+
+def refuse_unsupported(choice: BackendChoice, k: Knobs, model_flags: dict[str, Any], extra_flags: set[str]) -> None:
+    """Refuse, before launch, what the chosen backend cannot run; name the missing piece."""
+    if choice.name == "te":
+        return
+    problems: list[str] = []
+    if k.PR != "bf16":
+        problems.append(f"PR={k.PR} needs Transformer Engine")
+    if k.DISPATCHER in ("deepep", "hybridep"):
+        problems.append(f"DISPATCHER={k.DISPATCHER} needs the flex dispatcher with DeepEP/HybridEP (and Transformer Engine)")
+    if k.TP > 1:
+        problems.append(f"TP={k.TP} needs sequence parallelism, which torch norms refuse (needs Transformer Engine)")
+    if k.A2A_OVERLAP:
+        problems.append("A2A_OVERLAP=1 needs delayed wgrad compute, which needs Transformer Engine")
+    if choice.name == "local" and model_flags.get("--multi-latent-attention"):
+        problems.append("multi-latent attention does not build with Megatron's local spec (DotProductAttention rejects k_channels); use BACKEND=native")
+    for flag in sorted(extra_flags & set(TE_ONLY_EXTRA_FLAGS)):
+        problems.append(f"{flag}: {TE_ONLY_EXTRA_FLAGS[flag]}")
+    if problems:
+        raise BenchError(
+            f"BACKEND={choice.name} ({choice.reason}) cannot run this configuration:\n  - " + "\n  - ".join(problems),
+            hint="use a container with Transformer Engine (BACKEND=te), or change the settings listed",
+        )

@@ -1,0 +1,56 @@
+"""`benchlib` command line. Each area registers its own subcommands (module.register(subparsers)).
+
+A subcommand's handler returns an int exit code. A `BenchError` is printed as
+`error: ...` plus its fix, with exit code 2 (or the error's own), and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import BenchError
+from .secrets import redact
+
+# Modules that add subcommands, in help order. Each has `register(subparsers) -> None`.
+COMMAND_MODULES = (
+    "benchlib.launch_cli",  # resolve, render, launch, validate, models, knobs
+    "benchlib.slurm.cli",  # status, stop
+    "benchlib.metrics.cli",  # parse, compare, push
+    "benchlib.planning.cli",  # estimate, plan, sweep
+    "benchlib.convert.cli",  # convert hf-to-mcore | mcore-to-hf
+    "benchlib.data.cli",  # data prepare
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchlib", description="Megatron MoE Bench: resolve, launch and measure MoE pretraining runs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # area not built yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as err:
+        print(redact(f"error: {err}"), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

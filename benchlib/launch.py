@@ -1,0 +1,79 @@
+"""Launch a resolved run: DRY_RUN printing, the run directory, sbatch submission, interactive execution."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from .errors import BenchError
+from .render import render_interactive, render_sbatch
+from .resolve import ResolvedRun, detect_local_gpus, resolve_run
+from .rundir import atomic_write, atomic_write_json, build_manifest, create_run_dir
+
+GPU_ENTRIES = ("auto", "driver", "pretrain_gpt")
+
+
+def say(msg: str) -> None:
+    print(f"[benchlib] {msg}", file=sys.stderr, flush=True)
+
+
+def memory_check(run: ResolvedRun, *, dry_run: bool) -> None:
+    """Stop a launch whose per-rank memory estimate exceeds the GPU (MEM_CHECK=0 lets it through)."""
+    if not run.knobs.MEM_CHECK or run.knobs.ENTRY in ("validate", "command"):
+        return
+    try:
+        from .planning.memory import check_fits
+    except ModuleNotFoundError:
+        return
+    try:
+        check_fits(run)
+    except BenchError as err:
+        if not dry_run:
+            raise
+        say(f"warning (DRY_RUN continues): {err}")
+
+
+def prepare(mode: str, argv: list[str], environ: Mapping[str, str]) -> tuple[ResolvedRun, str]:
+    run = resolve_run(argv, environ, mode=mode)
+    say(f"model {run.model.name}, cluster {run.cluster.NAME} ({run.cluster.GPU_TYPE}), {run.knobs.NNODES} node(s) x {run.gpus_per_node} GPU(s), backend {run.backend.name} ({run.backend.reason})")
+    for note in run.notes:
+        say(note)
+    dry_run = environ.get("DRY_RUN", "0") not in ("", "0")
+    memory_check(run, dry_run=dry_run)
+    script = render_sbatch(run) if mode == "sbatch" else render_interactive(run)
+    return run, script
+
+
+def write_run_dir(run: ResolvedRun, script: str, argv: list[str], mode: str) -> Path:
+    run_dir = create_run_dir(run.run_dir)
+    script_path = run_dir / "launch.sh"
+    atomic_write(script_path, script, mode=0o755)
+    atomic_write_json(run_dir / "resolved.json", run.to_json())
+    atomic_write_json(run_dir / "manifest.json", build_manifest(run, argv, mode))
+    return script_path
+
+
+def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None) -> int:
+    environ = dict(os.environ if environ is None else environ)
+    run, script = prepare(mode, argv, environ)
+    if environ.get("DRY_RUN", "0") not in ("", "0"):
+        sys.stdout.write(script)
+        return 0
+    if mode == "interactive" and run.knobs.ENTRY in GPU_ENTRIES and detect_local_gpus() == 0:
+        raise BenchError(
+            "no NVIDIA GPU on this machine, so there is nothing to train on",
+            hint=f"DRY_RUN=1 MODEL={run.model.name} bash interactive_benchmarking.sh prints what would run",
+        )
+    script_path = write_run_dir(run, script, argv, mode)
+    if mode == "sbatch":
+        from .slurm.submit import submit
+
+        result = submit(run, run.run_dir, script_path)
+        print(f"submitted job {result.job_id}")
+        print(f"run directory {run.run_dir}")
+        return 0
+    say(f"run directory {run.run_dir}")
+    proc = subprocess.run(["bash", str(script_path)], env=environ)
+    return proc.returncode
