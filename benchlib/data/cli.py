@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and write Megatron's indexed dataset <PREFIX>.bin/.idx. Works without internet.",
     )
     p.add_argument("--input", required=True, type=Path, metavar="FILE", help=".jsonl (one JSON object per line) or .txt (one document per line)")
+    p.add_argument("--format", dest="input_format", choices=("auto", "jsonl", "txt"), default="auto", help="input format; auto: .jsonl/.json/.ndjson are JSON lines, anything else text (default auto)")
     p.add_argument("--text-key", default="text", help="JSON key holding the document text (default: text)")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", type=Path, metavar="PATH", help="local Hugging Face tokenizer folder to use instead of training one")
@@ -48,6 +49,7 @@ def prepare_command(args: argparse.Namespace) -> int:
         input=args.input,
         output_prefix=args.output_prefix,
         text_key=args.text_key,
+        input_format=args.input_format,
         tokenizer=args.tokenizer,
         vocab_size=args.vocab_size,
         tokenizer_output=args.tokenizer_output,

@@ -1,8 +1,8 @@
 """Streaming documents out of a `.jsonl` or `.txt` corpus, one at a time (never the whole file).
 
-- `.jsonl` (or `.json` with one object per line): each non-blank line is a JSON object; the
+- `.jsonl` (`.json`/`.ndjson` with one object per line, or `--format jsonl`): each non-blank line is a JSON object; the
   document is the string under `text_key`.
-- `.txt` (any other suffix): each non-blank line is a document (its trailing newline dropped).
+- `.txt` (any other suffix, or `--format txt`): each non-blank line is a document (its trailing newline dropped).
 Empty documents are skipped and counted: Megatron has nothing to sample from them.
 """
 from __future__ import annotations
@@ -30,18 +30,26 @@ class CorpusStats:
 class Corpus:
     path: Path
     text_key: str = "text"
+    fmt: str = "auto"  # auto (by suffix), jsonl or txt
     stats: CorpusStats = field(default_factory=CorpusStats, compare=False)
 
     @property
     def is_jsonl(self) -> bool:
+        if self.fmt != "auto":
+            return self.fmt == "jsonl"
         return self.path.suffix.lower() in JSONL_SUFFIXES
 
     def check(self) -> None:
         """Fail early on a path that cannot be read, before any work starts."""
         if not self.path.exists():
             raise BenchError(f"input file {self.path} does not exist", hint="pass --input with a .jsonl or .txt file")
-        if not self.path.is_file():
-            raise BenchError(f"input {self.path} is not a file", hint="pass --input with a .jsonl or .txt file")
+        if self.path.is_dir():
+            raise BenchError(f"input {self.path} is a folder, not a file", hint="pass --input with a .jsonl or .txt file")
+
+    @property
+    def rereadable(self) -> bool:
+        """A regular file can be read twice; a pipe (e.g. `--input <(zcat c.jsonl.gz)`) only once."""
+        return self.path.is_file()
 
     def documents(self) -> Iterator[str]:
         """Each non-empty document, in file order. Updates `self.stats` (reset on each pass)."""

@@ -23,6 +23,7 @@ class PrepareOptions:
     input: Path
     output_prefix: Path
     text_key: str = "text"
+    input_format: str = "auto"  # auto (by the file's suffix), jsonl or txt
     tokenizer: Path | None = None  # a local Hugging Face tokenizer folder; None = train one
     vocab_size: int | None = None  # for the trained tokenizer; None = DEFAULT_VOCAB
     tokenizer_output: Path | None = None  # where the trained tokenizer goes; None = <PREFIX>-tokenizer
@@ -86,6 +87,7 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
         input=_absolute(opts.input),
         output_prefix=_absolute(opts.output_prefix),
         text_key=opts.text_key,
+        input_format=opts.input_format,
         tokenizer=None if opts.tokenizer is None else _absolute(opts.tokenizer),
         vocab_size=opts.vocab_size,
         tokenizer_output=None if opts.tokenizer_output is None else _absolute(opts.tokenizer_output),
@@ -93,7 +95,15 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
         append_eod=opts.append_eod,
         overwrite=opts.overwrite,
     )
-    Corpus(out.input, out.text_key).check()
+    if out.input_format not in ("auto", "jsonl", "txt"):
+        raise BenchError(f"--format {out.input_format!r} is not auto, jsonl or txt")
+    corpus = Corpus(out.input, out.text_key, out.input_format)
+    corpus.check()
+    if out.trains_tokenizer and not corpus.rereadable:
+        raise BenchError(
+            f"{out.input} is not a regular file, and training a tokenizer reads the input twice",
+            hint="pass a regular file, or pass --tokenizer with an existing tokenizer (then a pipe is read once)",
+        )
     if out.tokenizer is not None:
         from .tokenizer import check_tokenizer_path
 
@@ -159,7 +169,7 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
     from .tokenizer import DEFAULT_VOCAB, load_megatron_tokenizer, save_hf_folder
 
     opts = normalize(opts)
-    corpus = Corpus(opts.input, opts.text_key)
+    corpus = Corpus(opts.input, opts.text_key, opts.input_format)
     staging: Path | None = None
     try:
         if opts.trains_tokenizer:
