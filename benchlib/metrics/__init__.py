@@ -1,0 +1,10 @@
+"""Metrics: Megatron log parsing, steady state, FLOPs/MFU, run status, result JSON, compare, WandB push.
+
+Nothing here imports torch or megatron at module level: parsing runs on login nodes.
+"""
+from __future__ import annotations
+
+from .logparse import ParsedLog, parse_log
+from .result import RunResult, format_summary, load_result, summarize, write_result
+
+__all__ = ["ParsedLog", "RunResult", "format_summary", "load_result", "parse_log", "summarize", "write_result"]

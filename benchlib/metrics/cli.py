@@ -1,0 +1,162 @@
+"""`benchlib parse`, `benchlib compare`, `benchlib push`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import BenchError
+from .peaks import GPU_TYPES
+from .status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, EXIT_CODES, STATUSES
+from .steady import DEFAULT_MIN_SKIP, DEFAULT_SKIP_FRACTION
+
+RUN_LOG_NAME = "train.log"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "parse", help="parse Megatron logs: steady-state time, tokens/s, TFLOP/s, MFU, status",
+        description="Parse one run's Megatron log(s) (files of one run, in order; or a run directory) into a result JSON. "
+                    "Exit code: " + ", ".join(f"{k}={v}" for k, v in EXIT_CODES.items()) + "; 2 = bad input.",
+    )
+    p.add_argument("logs", nargs="+", metavar="LOG", help="log file(s) of ONE run, in order, or a run directory")
+    p.add_argument("--gpu", type=str.upper, help=f"GPU type for MFU ({', '.join(GPU_TYPES)}); default: the run dir's cluster")
+    p.add_argument("--world-size", type=int, help="number of GPUs (default: the log's argument dump)")
+    p.add_argument("--config", type=Path, help="a resolved.json or JSON dict of Megatron arguments, for logs without an argument dump")
+    p.add_argument("--skip", type=int, default=None,
+                   help=f"warm-up iterations to leave out per launch (default max({DEFAULT_MIN_SKIP}, {DEFAULT_SKIP_FRACTION:.0%} of the logged iterations))")
+    p.add_argument("--hang-factor", type=float, default=DEFAULT_HANG_FACTOR, help="hang after this many median iteration times without a line")
+    p.add_argument("--hang-min-s", type=float, default=DEFAULT_HANG_MIN_S, help="...and at least this many seconds")
+    p.add_argument("--out", type=Path, help="result JSON path (default: <run dir>/result.json for a run directory, else none)")
+    p.add_argument("--json", action="store_true", help="print the result JSON instead of the table")
+    p.add_argument("--ok", default="completed", help="comma-separated statuses that exit 0 (e.g. completed,timeout)")
+    p.set_defaults(func=cmd_parse)
+
+    c = subparsers.add_parser("compare", help="compare runs side by side (table, CSV, PNG)",
+                              description="Compare runs: result JSONs, logs or run directories. Deltas are against the first.")
+    c.add_argument("runs", nargs="+", metavar="RUN")
+    c.add_argument("--gpu", type=str.upper, help="GPU type for runs given as bare logs")
+    c.add_argument("--out", type=Path, default=Path("compare"), help="output prefix for .csv and .png (default ./compare)")
+    c.add_argument("--no-plot", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    w = subparsers.add_parser("push", help="push runs to WandB (offline without WANDB_API_KEY)",
+                              description="Log config, per-iteration series and summary of each run to WandB: group = model, "
+                                          "tags = layout and precision. Offline (wandb sync later) unless WANDB_API_KEY is set.")
+    w.add_argument("runs", nargs="+", metavar="RUN")
+    w.add_argument("--gpu", type=str.upper, help="GPU type for runs given as bare logs")
+    w.add_argument("--project", default=None, help="WandB project (default $WANDB_PROJECT or megatron-moe-bench)")
+    w.add_argument("--entity", default=None, help="WandB entity (default $WANDB_ENTITY)")
+    w.add_argument("--dir", type=Path, default=None, help="where the wandb/ folder goes (default: the run dir, else ./)")
+    w.add_argument("--offline", action="store_true", help="offline even if WANDB_API_KEY is set")
+    w.set_defaults(func=cmd_push)
+
+
+def run_logs(path: Path) -> list[Path]:
+    """The log files of a run directory (logs/train.log, else every *.log / *.out in logs/)."""
+    logs_dir = path / "logs" if (path / "logs").is_dir() else path
+    main = logs_dir / RUN_LOG_NAME
+    if main.is_file():
+        return [main]
+    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err"))
+    if not found:
+        raise BenchError(f"no log files in {logs_dir}", hint="was the run started? a run directory keeps its logs in logs/")
+    return found
+
+
+def load_config(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"cannot read config {path}: {err}", hint="give a resolved.json or a JSON object of Megatron arguments") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"config {path} is not a JSON object", hint="give a resolved.json or a JSON object of Megatron arguments")
+    return data
+
+
+def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = None, config: dict | None = None,
+               skip: int | None = None, hang_factor: float = DEFAULT_HANG_FACTOR, hang_min_s: float = DEFAULT_HANG_MIN_S):
+    """A RunResult from a result JSON, a log file or a run directory. Returns (result, run_dir or None)."""
+    from .logparse import parse_log
+    from .result import load_result, summarize
+
+    path = Path(arg)
+    if path.is_file() and path.suffix == ".json":
+        return load_result(path), None
+    run_dir = None
+    if path.is_dir():
+        run_dir = path
+        logs = run_logs(path)
+        if config is None and (path / "resolved.json").is_file():
+            config = load_config(path / "resolved.json")
+    elif path.is_file():
+        logs = [path]
+    else:
+        raise BenchError(f"not found: {arg}", hint="give a result JSON, a log file or a run directory")
+    parsed = parse_log(logs)
+    return summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
+                     hang_factor=hang_factor, hang_min_s=hang_min_s), run_dir
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from .logparse import parse_log
+    from .result import format_summary, summarize, write_result
+
+    ok = {s.strip() for s in args.ok.split(",") if s.strip()}
+    bad = ok - set(STATUSES)
+    if bad:
+        raise BenchError(f"--ok names unknown status(es) {', '.join(sorted(bad))}", hint=f"choose from {', '.join(STATUSES)}")
+    paths = [Path(p) for p in args.logs]
+    config = load_config(args.config)
+    run_dir = None
+    if len(paths) == 1 and paths[0].is_dir():
+        run_dir = paths[0]
+        logs = run_logs(run_dir)
+        if config is None and (run_dir / "resolved.json").is_file():
+            config = load_config(run_dir / "resolved.json")
+    else:
+        for p in paths:
+            if p.is_dir():
+                raise BenchError(f"{p} is a directory", hint="give one run directory alone, or log files")
+        logs = paths
+    parsed = parse_log(logs)
+    result = summarize(parsed, args.gpu, world_size=args.world_size, config=config, skip=args.skip,
+                       hang_factor=args.hang_factor, hang_min_s=args.hang_min_s)
+    out = args.out or (run_dir / "result.json" if run_dir else None)
+    if out is not None:
+        write_result(result, out)
+    if args.json:
+        json.dump(result.to_json(), sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        print(format_summary(result))
+        if out is not None:
+            print(f"result: {out}")
+    return 0 if result.status in ok else result.exit_code
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_results
+
+    results = [result_for(r, gpu=args.gpu)[0] for r in args.runs]
+    text, csv_path, png_path = compare_results(results, args.runs, args.out, plot=not args.no_plot)
+    print(text)
+    print(f"csv: {csv_path}")
+    if png_path:
+        print(f"plot: {png_path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .wandb_push import push_result
+
+    for r in args.runs:
+        result, run_dir = result_for(r, gpu=args.gpu)
+        base = args.dir or run_dir or (Path(r).parent if Path(r).is_file() else Path.cwd())
+        info = push_result(result, directory=base, project=args.project, entity=args.entity, force_offline=args.offline,
+                           name=(run_dir.name if run_dir else Path(r).stem))
+        print(f"{r}: {info}")
+    return 0

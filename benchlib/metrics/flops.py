@@ -1,0 +1,227 @@
+"""Model FLOPs per global batch, from Megatron argument names.
+
+The figure is the one Megatron-Core 0.19 prints as "throughput per GPU": model FLOPs of the
+matrix multiplies (no activation recompute, no router GEMM, norms only where Megatron counts
+them), forward + backward (x3), one multiply-accumulate = 2 FLOPs. Input is a mapping of
+Megatron's argument names (the `---- arguments ----` dump of a log, or
+`benchlib.flags.megatron_arg_dict(run)`), so the same function serves logs and configs.
+
+Written independently from Megatron's `num_floating_point_operations`; a test checks the two
+agree for every shipped model config. Counting is done in multiply-accumulates (MACs) per
+token for one forward pass, then scaled once at the end.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import BenchError
+
+FWD_BWD = 3  # forward, backward data-grad, backward weight-grad: each GEMM runs three times
+FLOPS_PER_MAC = 2
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default)
+    if isinstance(value, str) and value.strip() in ("None", ""):
+        return default
+    return value
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: int | None = None) -> int | None:
+    value = _get(cfg, key, default)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BenchError(f"FLOPs model: {key}={value!r} is not an integer",
+                         hint=f"give --{key.replace('_', '-')} as a whole number") from None
+
+
+def _bool(cfg: Mapping[str, Any], key: str) -> bool:
+    value = _get(cfg, key, False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _eval_pattern(expr: str) -> list[int]:
+    """Megatron's layer-pattern strings such as "([0]*3+[1]*58)" or "([1]*3+[0]*2)*2", without eval."""
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.List):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = ev(node.left), ev(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(ast.dump(node))
+    try:
+        value = ev(ast.parse(expr.strip(), mode="eval"))
+    except (SyntaxError, ValueError, TypeError):
+        raise BenchError(f"cannot read layer pattern {expr!r}",
+                         hint="write it as Megatron does, e.g. \"([0]*3+[1]*58)\" or an integer frequency") from None
+    if not isinstance(value, list):
+        raise BenchError(f"layer pattern {expr!r} is not a list", hint="e.g. \"([0]*1+[1]*3)\"")
+    return [int(v) for v in value]
+
+
+def layer_pattern(freq: Any, num_layers: int, *, name: str = "moe_layer_freq") -> list[int]:
+    """1 where a layer is MoE. An integer N means every N-th layer counting from layer 0."""
+    if isinstance(freq, str):
+        freq = _eval_pattern(freq) if "[" in freq else int(freq)
+    if isinstance(freq, int) and not isinstance(freq, bool):
+        if freq < 1:
+            raise BenchError(f"{name}={freq} must be >= 1", hint="use 1 for every layer MoE")
+        return [1 if i % freq == 0 else 0 for i in range(num_layers)]
+    pattern = [int(v) for v in freq]
+    if len(pattern) != num_layers:
+        raise BenchError(f"{name} has {len(pattern)} entries but the model has {num_layers} layers",
+                         hint="make the pattern list as long as the layer count")
+    return pattern
+
+
+@dataclass(frozen=True)
+class FlopsBreakdown:
+    """Forward MACs per token (token-linear parts) and per token per context token (attention core)."""
+    attention_linear: float
+    attention_core: float  # multiply by seq_length: causal QK^T and PV
+    mlp_dense: float
+    moe: float
+    mtp_extra: float
+    logits: float
+
+    def total_macs_per_token(self, seq_length: int) -> float:
+        return (self.attention_linear + self.mlp_dense + self.moe + self.mtp_extra + self.logits
+                + self.attention_core * seq_length)
+
+
+def _padded_vocab(cfg: Mapping[str, Any]) -> int:
+    padded = _int(cfg, "padded_vocab_size")
+    if padded is not None:
+        return padded
+    vocab = _int(cfg, "vocab_size")
+    if vocab is None:
+        raise BenchError("FLOPs model needs padded_vocab_size (or vocab_size)",
+                         hint="pass the run's config or a log with Megatron's argument dump")
+    multiple = (_int(cfg, "make_vocab_size_divisible_by", 128) or 128) * (_int(cfg, "tensor_model_parallel_size", 1) or 1)
+    return math.ceil(vocab / multiple) * multiple
+
+
+def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
+    """Per-token forward MACs of each part of a GPT (MoE) model."""
+    if _get(cfg, "hybrid_layer_pattern") is not None:
+        raise BenchError("FLOPs model: hybrid (Mamba) models are not supported",
+                         hint="benchlib's FLOPs model covers transformer (dense/MoE, MLA, GDN) models")
+    h = _int(cfg, "hidden_size")
+    layers = _int(cfg, "num_layers")
+    heads = _int(cfg, "num_attention_heads")
+    if not h or not layers or not heads:
+        raise BenchError("FLOPs model needs hidden_size, num_layers and num_attention_heads",
+                         hint="pass the run's config or a log with Megatron's argument dump")
+    swiglu = _bool(cfg, "swiglu")
+    gemms_per_mlp = 3 if swiglu else 2  # gate+up+down with SwiGLU, up+down without
+    ffn = _int(cfg, "ffn_hidden_size")
+    if ffn is None:  # Megatron's default when unset
+        ffn = int((4 * h * 2 / 3) / 64) * 64 if swiglu else 4 * h
+
+    mtp = _int(cfg, "mtp_num_layers", 0) or 0
+    total_layers = layers + mtp
+
+    # Which layers carry MoE. MTP layers repeat the kind of the last decoder layer.
+    num_experts = _int(cfg, "num_experts")
+    if num_experts is None:
+        moe_layers, topk = 0, 0
+        last_is_moe = 0
+    else:
+        pattern = layer_pattern(_get(cfg, "moe_layer_freq", 1), layers)
+        moe_layers, topk = sum(pattern), _int(cfg, "moe_router_topk", 2)
+        last_is_moe = pattern[-1]
+    moe_layers += last_is_moe * mtp
+    dense_layers = total_layers - moe_layers
+
+    # Attention layers that use standard (softmax) attention vs linear attention (gated delta net).
+    variant = _get(cfg, "experimental_attention_variant")
+    linear_layers = 0
+    linear_macs = 0.0
+    if variant == "gated_delta_net":
+        freq = _get(cfg, "linear_attention_freq")
+        if freq is None:
+            raise BenchError("gated_delta_net needs linear_attention_freq", hint="set --linear-attention-freq")
+        if isinstance(freq, str):
+            freq = _eval_pattern(freq) if "[" in freq else int(freq)
+        if isinstance(freq, int):
+            # every freq-th layer (1-based) is full attention, the rest linear
+            la = [0 if (i + 1) % freq == 0 else 1 for i in range(total_layers)]
+        else:
+            la = [int(v) for v in freq]
+            if len(la) != total_layers:
+                raise BenchError(f"linear_attention_freq has {len(la)} entries, expected {total_layers}",
+                                 hint="one entry per layer, MTP layers included")
+        linear_layers = sum(la)
+        dk, dv = _int(cfg, "linear_key_head_dim"), _int(cfg, "linear_value_head_dim")
+        nk, nv = _int(cfg, "linear_num_key_heads"), _int(cfg, "linear_num_value_heads")
+        conv = _int(cfg, "linear_conv_kernel_dim")
+        qk_dim, v_dim = dk * nk, dv * nv
+        linear_macs = (h * (2 * qk_dim + 2 * v_dim + 2 * nv)  # in projection
+                       + conv * (2 * qk_dim + v_dim)  # depthwise conv
+                       + 4 * nv * dv * dv  # delta-rule state updates and read-out
+                       + v_dim * h)  # out projection
+    elif variant not in (None, "None"):
+        # Megatron counts other variants (e.g. DSA) like standard attention.
+        pass
+    std_layers = total_layers - linear_layers
+
+    if _bool(cfg, "multi_latent_attention"):
+        qk, rope, v = _int(cfg, "qk_head_dim"), _int(cfg, "qk_pos_emb_head_dim"), _int(cfg, "v_head_dim")
+        kv_rank, q_rank = _int(cfg, "kv_lora_rank"), _int(cfg, "q_lora_rank")
+        q_out = heads * (qk + rope)
+        # Query: direct projection, or down-projection to q_lora_rank then up (+1: its norm).
+        q_macs = h * q_out if q_rank is None else q_rank * (h + q_out + 1)
+        # Keys/values: down to kv_lora_rank (+1 norm), up to per-head k and v; plus the shared RoPE key.
+        kv_macs = kv_rank * (h + heads * (qk + v) + 1) + h * rope
+        out_macs = heads * v * h
+        attn_linear = q_macs + kv_macs + out_macs
+        # Causal: half of QK^T (width qk+rope) and half of PV (width v) per context token.
+        attn_core = heads * (qk + rope) / 2 + heads * v / 2
+    else:
+        kv_ch = _int(cfg, "kv_channels") or h // heads
+        groups = _int(cfg, "num_query_groups") if _bool(cfg, "group_query_attention") else heads
+        q_dim, kv_dim = kv_ch * heads, kv_ch * groups
+        gate = q_dim if _bool(cfg, "attention_output_gate") else 0
+        attn_linear = h * (q_dim + 2 * kv_dim + gate) + q_dim * h
+        attn_core = q_dim  # causal: QK^T and PV, each half of q_dim per context token
+
+    moe_ffn = _int(cfg, "moe_ffn_hidden_size") or ffn
+    shared = _int(cfg, "moe_shared_expert_intermediate_size", 0) or 0
+    latent = _int(cfg, "moe_latent_size")
+    if latent is None:
+        routed = h * moe_ffn * topk * gemms_per_mlp
+    else:  # experts run in a latent space, with a projection down and up
+        routed = latent * moe_ffn * topk * gemms_per_mlp + 2 * latent * h
+    moe_per_layer = routed + h * shared * gemms_per_mlp
+
+    vocab = _padded_vocab(cfg)
+    return FlopsBreakdown(
+        attention_linear=attn_linear * std_layers + linear_macs * linear_layers,
+        attention_core=attn_core * std_layers,
+        mlp_dense=h * ffn * gemms_per_mlp * dense_layers,
+        moe=moe_per_layer * moe_layers,
+        # each MTP block: embedding/hidden norms (counted as 3h) and the 2h -> h projection
+        mtp_extra=mtp * (3 * h + 2 * h * h),
+        logits=h * vocab * (1 + mtp),
+    )
+
+
+def num_floating_point_operations(cfg: Mapping[str, Any], batch_size: int) -> float:
+    """Model FLOPs of one training iteration over `batch_size` sequences of cfg['seq_length']."""
+    seq = _int(cfg, "seq_length")
+    if not seq:
+        raise BenchError("FLOPs model needs seq_length", hint="pass --seq-length in the config")
+    tokens = batch_size * seq
+    return FWD_BWD * FLOPS_PER_MAC * tokens * breakdown(cfg).total_macs_per_token(seq)

@@ -1,0 +1,334 @@
+"""One run's numbers: steady-state time, tokens/s/GPU, TFLOP/s/GPU (Megatron's and ours), MFU, status.
+
+The result JSON schema is documented in docs/metrics.md (`schema_version` 1).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import BenchError
+from . import flops as flops_mod
+from .logparse import ParsedLog
+from .peaks import PeakSpec, normalize_gpu, peak_tflops
+from .status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, RunStatus, determine_status
+from .steady import SteadyWindow, TimeStats, select_window, time_stats
+
+SCHEMA_VERSION = 1
+
+LAYOUT_KEYS = {
+    "tp": "tensor_model_parallel_size",
+    "pp": "pipeline_model_parallel_size",
+    "vpp": "virtual_pipeline_model_parallel_size",
+    "cp": "context_parallel_size",
+    "ep": "expert_model_parallel_size",
+    "etp": "expert_tensor_parallel_size",
+    "mbs": "micro_batch_size",
+    "gbs": "global_batch_size",
+    "seq": "seq_length",
+}
+
+
+@dataclass
+class RunResult:
+    schema_version: int
+    model: str | None
+    gpu_type: str | None
+    num_gpus: int | None
+    precision: str
+    layout: dict[str, int | None]
+    layout_name: str
+    status: str  # one of benchlib.metrics.status.STATUSES
+    status_evidence: str  # the log line that shows it
+    status_detail: str
+    exit_code: int  # what `benchlib parse` exits with for this status
+    steady_window: dict[str, Any]
+    iteration_time_ms: dict[str, float] | None
+    tokens_per_s_per_gpu: float | None
+    tflops_per_gpu_reported: float | None  # median of Megatron's figure over the window
+    tflops_per_gpu_recomputed: float | None  # benchlib FLOPs model / median iteration time
+    recomputed_vs_reported_pct: float | None
+    model_flops_per_iteration: float | None
+    mfu: float | None  # recomputed TFLOP/s/GPU / peak (fraction, 0..1)
+    peak: dict[str, Any] | None
+    peak_memory_mb: dict[str, Any]
+    theoretical_memory_mb: dict[str, float] | None
+    loss: dict[str, Any]
+    segments: int
+    series: list[dict[str, Any]]
+    config: dict[str, Any]
+    source: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_safe(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunResult":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise BenchError(f"result JSON has schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}",
+                             hint="re-run `benchlib parse` on the run's log to regenerate it")
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/Inf are not JSON: write them as strings so the file stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def precision_of(cfg: dict[str, Any]) -> str:
+    fp8 = cfg.get("fp8")
+    if fp8 not in (None, False, "None"):
+        return "fp8"
+    if cfg.get("fp4") not in (None, False, "None"):
+        return "fp4"
+    if cfg.get("bf16") is True:
+        return "bf16"
+    if cfg.get("fp16") is True:
+        return "fp16"
+    return "fp32" if cfg else "bf16"
+
+
+def layout_of(cfg: dict[str, Any], world_size: int | None) -> tuple[dict[str, int | None], str]:
+    layout: dict[str, int | None] = {}
+    for short, key in LAYOUT_KEYS.items():
+        v = cfg.get(key)
+        layout[short] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    tp, pp, cp = (layout[k] or 1 for k in ("tp", "pp", "cp"))
+    layout["dp"] = world_size // (tp * pp * cp) if world_size else None
+    name = "-".join(f"{k.upper()}{layout[k]}" for k in ("tp", "pp", "vpp", "cp", "ep", "etp", "dp", "mbs", "gbs")
+                    if layout.get(k) is not None)
+    return layout, name
+
+
+def args_to_dict(argv: list[str]) -> dict[str, Any]:
+    """A Megatron argument list (`--num-layers 4 --swiglu ...`) as argument names -> typed values."""
+    from .logparse import parse_arg_value
+
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        i += 1
+        if not tok.startswith("--"):
+            continue
+        name = tok[2:].replace("-", "_")
+        values = []
+        while i < len(argv) and not argv[i].startswith("--"):
+            values.append(argv[i])
+            i += 1
+        if not values:
+            if name.startswith("no_"):
+                out[name[3:]] = False
+            out[name] = True
+        elif len(values) == 1:
+            out[name] = parse_arg_value(values[0])
+        else:
+            out[name] = [parse_arg_value(v) for v in values]
+    return out
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run metadata, Megatron argument dict) from a plain argument dict or a resolved.json."""
+    meta: dict[str, Any] = {}
+    if "megatron_args" in config and isinstance(config["megatron_args"], list):  # resolved.json
+        args = args_to_dict([str(a) for a in config["megatron_args"]])
+        cluster = config.get("cluster_config") or {}
+        meta = {"model": config.get("model"), "gpu_type": cluster.get("GPU_TYPE"), "world_size": config.get("world_size"),
+                "cluster": config.get("cluster"), "job_name": config.get("job_name"), "run_dir": config.get("run_dir")}
+        return meta, args
+    args = dict(config)
+    for key in ("model", "model_name", "gpu_type", "cluster", "job_name", "run_dir"):
+        if key in args and not isinstance(args[key], (dict, list)):
+            meta[key.replace("model_name", "model")] = args.pop(key)
+    return meta, args
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+    return statistics.median(values) if values else None
+
+
+def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int | None = None,
+              config: dict | None = None, skip: int | None = None, model: str | None = None,
+              hang_factor: float = DEFAULT_HANG_FACTOR, hang_min_s: float = DEFAULT_HANG_MIN_S,
+              now: float | None = None) -> RunResult:
+    """Turn a parsed log into a RunResult. The log's argument dump wins over `config` (it is what ran)."""
+    meta, given = split_config(config or {})
+    cfg: dict[str, Any] = {**given, **parsed.config}
+    warnings: list[str] = []
+    if not parsed.config:
+        warnings.append("no `---- arguments ----` dump in the log: config taken from the caller only")
+    ws = world_size or (int(cfg["world_size"]) if isinstance(cfg.get("world_size"), int) else None) or meta.get("world_size")
+    gpu_type = gpu_type or meta.get("gpu_type")
+    gpu = normalize_gpu(gpu_type) if gpu_type else None
+    model = model or meta.get("model")
+
+    window_recs, window = select_window(parsed.iterations, skip)
+    if window.fallback:
+        warnings.append("steady window rules left no iteration line; statistics include warm-up")
+    times = [r.elapsed_ms for r in window_recs]
+    stats: TimeStats | None = time_stats(times)
+    median_s = stats.median / 1000.0 if stats else None
+    status: RunStatus = determine_status(parsed, median_s, hang_factor=hang_factor, hang_min_s=hang_min_s, now=now)
+
+    gbs_values = [r.global_batch for r in window_recs if r.global_batch]
+    gbs = gbs_values[-1] if gbs_values else (cfg.get("global_batch_size") if isinstance(cfg.get("global_batch_size"), int) else None)
+    seq = cfg.get("seq_length") if isinstance(cfg.get("seq_length"), int) else None
+
+    tokens_per_s = None
+    if median_s and gbs and seq and ws:
+        tokens_per_s = gbs * seq / median_s / ws
+    elif stats:
+        warnings.append("tokens/s/GPU needs global batch, seq_length and world size (config or --world-size)")
+
+    reported = _median([r.tflops_reported for r in window_recs if r.tflops_reported is not None])
+    model_flops = recomputed = None
+    if gbs and cfg:
+        try:
+            model_flops = flops_mod.num_floating_point_operations(cfg, gbs)
+        except BenchError as err:
+            warnings.append(f"FLOPs model: {err.message}")
+    if model_flops is not None and median_s and ws:
+        recomputed = model_flops / (median_s * 1e12 * ws)
+    rel = None
+    if recomputed is not None and reported:
+        rel = (recomputed / reported - 1.0) * 100.0
+        if abs(rel) > 0.5:
+            warnings.append(f"recomputed TFLOP/s/GPU differs from Megatron's by {rel:+.2f}%")
+
+    precision = precision_of(cfg)
+    peak: PeakSpec | None = None
+    mfu = None
+    if gpu:
+        try:
+            peak = peak_tflops(gpu, precision)
+        except BenchError as err:
+            warnings.append(err.message)
+        if peak and recomputed is not None:
+            mfu = recomputed / peak.tflops
+    else:
+        warnings.append("no GPU type: MFU needs --gpu (H100, H200, B200, GB200, GB300, A100)")
+
+    per_rank: dict[str, dict[str, float]] = {}
+    for m in parsed.memory:
+        slot = per_rank.setdefault(str(m.rank), {"max_allocated": 0.0, "max_reserved": 0.0})
+        slot["max_allocated"] = max(slot["max_allocated"], m.max_allocated_mb)
+        slot["max_reserved"] = max(slot["max_reserved"], m.max_reserved_mb)
+    peak_memory = {
+        "per_rank": dict(sorted(per_rank.items(), key=lambda kv: int(kv[0]))),
+        "max_allocated": max((v["max_allocated"] for v in per_rank.values()), default=None),
+        "max_reserved": max((v["max_reserved"] for v in per_rank.values()), default=None),
+    }
+
+    loss_key = "lm loss"
+    with_loss = [r for r in parsed.iterations if loss_key in r.losses]
+    loss = {
+        "name": loss_key,
+        "first": with_loss[0].losses[loss_key] if with_loss else None,
+        "first_iteration": with_loss[0].iteration if with_loss else None,
+        "last": with_loss[-1].losses[loss_key] if with_loss else None,
+        "last_iteration": with_loss[-1].iteration if with_loss else None,
+    }
+    kept = set(id(r) for r in window_recs)
+    series = [{
+        "iteration": r.iteration, "segment": r.segment, "elapsed_ms": r.elapsed_ms,
+        "tflops_reported": r.tflops_reported, "lm_loss": r.losses.get(loss_key), "global_batch": r.global_batch,
+        "timestamp": r.timestamp, "in_window": id(r) in kept,
+    } for r in parsed.iterations]
+
+    layout, layout_name = layout_of(cfg, ws)
+    if parsed.truncated_last_line:
+        warnings.append("the log's last line is cut short (still being written, or the job was killed mid-line)")
+    return RunResult(
+        schema_version=SCHEMA_VERSION,
+        model=model,
+        gpu_type=gpu,
+        num_gpus=ws,
+        precision=precision,
+        layout=layout,
+        layout_name=layout_name,
+        status=status.status,
+        status_evidence=status.evidence,
+        status_detail=status.detail,
+        exit_code=status.exit_code,
+        steady_window={**window.to_json(), "description": window.describe()},
+        iteration_time_ms=stats.to_json() if stats else None,
+        tokens_per_s_per_gpu=tokens_per_s,
+        tflops_per_gpu_reported=reported,
+        tflops_per_gpu_recomputed=recomputed,
+        recomputed_vs_reported_pct=rel,
+        model_flops_per_iteration=model_flops,
+        mfu=mfu,
+        peak=peak.to_json() if peak else None,
+        peak_memory_mb=peak_memory,
+        theoretical_memory_mb=parsed.theoretical_memory_mb,
+        loss=loss,
+        segments=parsed.segments,
+        series=series,
+        config=cfg,
+        source={"logs": parsed.paths, "bytes": parsed.total_bytes, "benchlib_version": __version__,
+                "parsed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        warnings=warnings,
+    )
+
+
+def write_result(result: RunResult, path: Path | str) -> Path:
+    """Write the result JSON atomically (readers never see half a file)."""
+    from ..rundir import atomic_write_json
+
+    path = Path(path)
+    atomic_write_json(path, result.to_json())
+    return path
+
+
+def load_result(path: Path | str) -> RunResult:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"cannot read result JSON {path}: {err}", hint="re-run `benchlib parse` to regenerate it") from None
+    return RunResult.from_json(data)
+
+
+def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def format_summary(result: RunResult) -> str:
+    """A short human table."""
+    st = result.iteration_time_ms or {}
+    rows = [
+        ("model", result.model or "-"),
+        ("GPUs", f"{result.num_gpus or '-'} x {result.gpu_type or '?'}  ({result.precision}, {result.layout_name or '-'})"),
+        ("steady window", result.steady_window.get("description", "")),
+        ("iteration time (ms)", "-" if not st else
+         f"median {st['median']:.1f}  mean {st['mean']:.1f}  p10 {st['p10']:.1f}  p90 {st['p90']:.1f}  cv {st['cv'] * 100:.1f}%"),
+        ("tokens/s/GPU", _fmt(result.tokens_per_s_per_gpu, ",.0f")),
+        ("TFLOP/s/GPU (Megatron)", _fmt(result.tflops_per_gpu_reported)),
+        ("TFLOP/s/GPU (benchlib)", _fmt(result.tflops_per_gpu_recomputed)
+         + ("" if result.recomputed_vs_reported_pct is None else f"  ({result.recomputed_vs_reported_pct:+.2f}% vs Megatron)")),
+        ("MFU", "-" if result.mfu is None else f"{result.mfu * 100:.1f}% of {result.peak['tflops']:g} TFLOP/s ({result.peak['precision']})"),
+        ("peak memory (MB)", "-" if result.peak_memory_mb.get("max_allocated") is None else
+         f"max allocated {result.peak_memory_mb['max_allocated']:.0f}, max reserved {result.peak_memory_mb['max_reserved']:.0f}"
+         f" (over {len(result.peak_memory_mb['per_rank'])} rank(s))"),
+        ("loss", "-" if result.loss.get("first") is None else
+         f"{result.loss['first']:.4f} (it {result.loss['first_iteration']}) -> {result.loss['last']:.4f} (it {result.loss['last_iteration']})"),
+        ("status", f"{result.status}: {result.status_evidence}" + (f"  [{result.status_detail}]" if result.status_detail else "")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines += [f"warning: {w}" for w in result.warnings]
+    return "\n".join(lines)
