@@ -1,0 +1,1 @@
+"""Know before you queue: memory estimate, layout planner, sweeps (docs/planning.md)."""

@@ -1,0 +1,111 @@
+"""`benchlib estimate`, `benchlib plan`, `benchlib sweep` (docs/planning.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import BenchError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("estimate", help="per-rank GPU memory (most loaded rank) and FLOPs of a run, before queueing it")
+    p.add_argument("--record", type=Path, help="estimate a result record's megatron_args instead of a config (JSON)")
+    p.add_argument("--gpu", help="GPU type to check against (default: the cluster's GPU_TYPE)")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="[MODEL] KEY=VALUE knobs, then extra Megatron args (as for a launch)")
+    p.set_defaults(func=_estimate)
+
+    p = sub.add_parser("plan", help="rank the valid parallel layouts of a model on N nodes by a cost model")
+    p.add_argument("model")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpu", required=True, help="H100, H200, B200, GB200 (GB300, A100)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--gbs", type=int, default=None)
+    p.add_argument("--num-layers", type=int, default=None, help="default: the model's shipped NUM_LAYERS")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="default: the GPU type's usual node (4 on GB200)")
+    p.add_argument("--json", action="store_true", help="print the ranked layouts as JSON")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("sweep", help="submit several layouts as one Slurm job array (top K of a plan, or a YAML grid)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-plan", action="store_true", help="take the top K layouts of `benchlib plan`")
+    src.add_argument("--grid", type=Path, help="YAML file: base knobs + a list of layouts (docs/planning.md)")
+    p.add_argument("model", nargs="?", help="model (with --from-plan; a grid file names its own)")
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--nodes", type=int, default=None, help="with --from-plan: nodes per layout (default: the model's NNODES)")
+    p.add_argument("--gpu", default=None, help="with --from-plan: GPU type (default: the cluster's)")
+    p.add_argument("--concurrency", type=int, default=2, help="at most this many array tasks run at once (%%M)")
+    p.add_argument("--dry-run", action="store_true", help="write the array's directory and script, do not submit")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="KEY=VALUE knobs shared by every task (CLUSTER=..., ENTRY=...)")
+    p.set_defaults(func=_sweep)
+
+
+def _rest(rest: list[str]) -> list[str]:
+    rest = list(rest)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    # `benchlib estimate DeepSeek-V3 TP=2`: a bare first word is the model.
+    if rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        rest[0] = f"MODEL={rest[0]}"
+    return rest
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from .memory import estimate_from_args, estimate_memory
+
+    if args.record:
+        try:
+            record = json.loads(args.record.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise BenchError(f"cannot read record {args.record}: {err}", hint="pass a result JSON with megatron_args") from None
+        margs = record.get("megatron_args")
+        if not isinstance(margs, dict):
+            raise BenchError(f"{args.record} has no megatron_args mapping", hint="records from `benchlib collect` carry them")
+        est = estimate_from_args(margs, gpu_type=args.gpu or record.get("gpu_type"))
+    else:
+        from ..resolve import resolve_run
+
+        run = resolve_run(_rest(args.rest), os.environ)
+        est = estimate_memory(run)
+        if args.gpu:
+            from .gpus import gpu_spec
+
+            est.gpu_type, est.capacity = args.gpu, gpu_spec(args.gpu).memory_bytes
+    if args.json:
+        print(json.dumps(est.to_json(), indent=2))
+    else:
+        print(est.table())
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .planner import plan, print_plan
+
+    result = plan(args.model, nodes=args.nodes, gpu=args.gpu, seq_len=args.seq_len, gbs=args.gbs,
+                  num_layers=args.num_layers, gpus_per_node=args.gpus_per_node)
+    if args.json:
+        print(json.dumps(result.to_json(args.top), indent=2))
+    else:
+        print_plan(result, args.top, sys.stdout)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep_from_grid, sweep_from_plan
+
+    rest = list(args.rest)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if args.grid:
+        out = sweep_from_grid(args.grid, rest, os.environ, concurrency=args.concurrency, submit=not args.dry_run)
+    else:
+        if not args.model:
+            raise BenchError("--from-plan needs a MODEL", hint="benchlib sweep DeepSeek-V3 --from-plan --top 3 --nodes 128 --gpu H100")
+        out = sweep_from_plan(args.model, rest, os.environ, top=args.top, nodes=args.nodes, gpu=args.gpu,
+                              concurrency=args.concurrency, submit=not args.dry_run)
+    print(out.summary())
+    return 0

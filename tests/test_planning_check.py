@@ -1,0 +1,38 @@
+"""`check_fits` and `benchlib estimate` on resolved runs of shipped model configs (no GPU needed)."""
+from __future__ import annotations
+
+import pytest
+
+from benchlib.cli import main
+from benchlib.errors import BenchError
+from benchlib.planning.memory import check_fits, estimate_memory
+from benchlib.resolve import resolve_run
+
+ENV = {"CLUSTER": "template"}  # GPU_TYPE H100, 8 GPUs per node
+
+
+def test_a_layout_that_cannot_fit_is_stopped_with_the_breakdown_and_the_escape_knob():
+    # DeepSeek-V3 with EP=8 on 16 nodes (PP=16): a 4-layer stage holds 4 x 32 experts of
+    # 3 x 7168 x 2048 = 5.6B parameters; expert-DP = 128 / (16 x 8) = 1 leaves their Adam state
+    # unsharded: 5.6B x (2 + 4 + 12) bytes = about 100 GB > 80 GB.
+    run = resolve_run(["MODEL=DeepSeek-V3", "EP=8", "NNODES=16", "GBS=128"], ENV)
+    with pytest.raises(BenchError) as err:
+        check_fits(run)
+    text = str(err.value)
+    assert "MEM_CHECK=0" in text
+    for part in ("weights", "gradients", "optimizer state", "activations", "H100"):
+        assert part in text
+    check_fits(resolve_run(["MODEL=DeepSeek-V3", "EP=8", "NNODES=16", "GBS=128", "MEM_CHECK=0"], ENV))
+
+
+def test_a_proxy_that_fits_passes():
+    run = resolve_run(["MODEL=Qwen3-30B-A3B-Proxy"], ENV)
+    check_fits(run)
+    est = estimate_memory(run)
+    assert est.fits() and est.flops_per_iteration and est.flops_per_iteration > 0
+
+
+def test_estimate_command_prints_the_breakdown(capsys):
+    assert main(["estimate", "Qwen3-30B-A3B-Proxy", "CLUSTER=template", "MBS=2", "GBS=16"]) == 0
+    out = capsys.readouterr().out
+    assert "peak allocated" in out and "optimizer state" in out and "FLOPs per iteration" in out
