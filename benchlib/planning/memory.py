@@ -348,7 +348,7 @@ def _dtype_bytes(args: Args, key: str, default: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str | None = None,
-                       gpu_type: str | None = None, imbalance: float = 1.0) -> MemoryEstimate:
+                       gpu_type: str | None = None, imbalance: float = 1.0, with_flops: bool = True) -> MemoryEstimate:
     """Estimate every pipeline rank and return the most loaded one. `args`: Megatron argument
     names; `layout` overrides the parallel layout they record (the planner's candidates)."""
     lay = layout or layout_from_args(args)
@@ -386,6 +386,9 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
     method = str(get(args, "recompute_method", "uniform"))
     n_recompute = as_int(args, "recompute_num_layers", 1) or 1
 
+    # A layer's activations depend only on its kind (dense or MoE).
+    kind_acts = {False: layer_activations(m, _first_of_kind(m, False), ctx, imbalance),
+                 True: layer_activations(m, _first_of_kind(m, True), ctx, imbalance)}
     best: MemoryEstimate | None = None
     per_rank: list[int] = []
     for st in rank_stages(m, lay, args):
@@ -399,7 +402,7 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
             opt = o_bytes * n_params
         opt *= 1 - offload
         # Activations of one micro-batch through this rank's layers.
-        layer_acts = [layer_activations(m, i, ctx, imbalance) for i in st.layers]
+        layer_acts = [kind_acts[m.is_moe(i)] for i in st.layers]
         per_mb: dict[str, float] = {}
         for k_, acts in enumerate(layer_acts):
             if full:
@@ -453,8 +456,16 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
         best.capacity = gpu_spec(gpu_type).memory_bytes
     if imbalance != 1.0:
         best.notes.append(f"MoE dispatch assumes the most loaded rank receives {imbalance:g}x the average tokens")
-    best.flops_per_iteration = _flops(args, lay)
+    if with_flops:
+        best.flops_per_iteration = _flops(args, lay)
     return best
+
+
+def _first_of_kind(m: ModelShape, moe: bool) -> int:
+    for i in range(m.num_layers + m.mtp_layers):
+        if m.is_moe(i) == moe:
+            return i
+    return 0
 
 
 def _flops(args: Args, lay: Layout) -> float | None:
