@@ -74,7 +74,13 @@ def _eval_pattern(expr: str) -> list[int]:
 def layer_pattern(freq: Any, num_layers: int, *, name: str = "moe_layer_freq") -> list[int]:
     """1 where a layer is MoE. An integer N means every N-th layer counting from layer 0."""
     if isinstance(freq, str):
-        freq = _eval_pattern(freq) if "[" in freq else int(freq)
+        if "[" in freq:
+            freq = _eval_pattern(freq)
+        else:
+            try:
+                freq = int(freq)
+            except ValueError:
+                raise BenchError(f"cannot read {name}={freq!r}", hint="an integer frequency or a pattern like \"([0]*3+[1]*58)\"") from None
     if isinstance(freq, int) and not isinstance(freq, bool):
         if freq < 1:
             raise BenchError(f"{name}={freq} must be >= 1", hint="use 1 for every layer MoE")
@@ -220,8 +226,9 @@ def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
 
 def num_floating_point_operations(cfg: Mapping[str, Any], batch_size: int) -> float:
     """Model FLOPs of one training iteration over `batch_size` sequences of cfg['seq_length']."""
+    parts = breakdown(cfg)
     seq = _int(cfg, "seq_length")
     if not seq:
         raise BenchError("FLOPs model needs seq_length", hint="pass --seq-length in the config")
     tokens = batch_size * seq
-    return FWD_BWD * FLOPS_PER_MAC * tokens * breakdown(cfg).total_macs_per_token(seq)
+    return FWD_BWD * FLOPS_PER_MAC * tokens * parts.total_macs_per_token(seq)
