@@ -39,6 +39,7 @@ def run(choice: BackendChoice) -> None:
 
     sys.argv = [sys.argv[0] or "benchlib.driver"] + choice.argv
     args = parse_and_validate_args()
+    fill_wheel_defaults(args)
     model_cfg = gpt_config_from_args(args)
     if args.spec is not None and model_cfg.transformer_layer_spec is None:
         raise BenchError(
@@ -48,6 +49,12 @@ def run(choice: BackendChoice) -> None:
     cfg = pretrain_cfg_container_from_args(args, model_cfg)
     datasets_provider.is_distributed = True  # every rank builds its own (cheap) dataset view
     pretrain(cfg, datasets_provider, ModelType.encoder_or_decoder, forward_step)
+
+
+def fill_wheel_defaults(args: Any) -> None:
+    """0.19.2 leaves --eval-interval None, then divides by it when sizing the datasets."""
+    if getattr(args, "eval_interval", None) is None:
+        args.eval_interval = max(1, args.train_iters or 1)
 
 
 def _check_helpers_instead_of_make() -> None:
