@@ -105,12 +105,12 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
         raise BenchError("PP_FIRST/PP_LAST are set but PP=1", hint="set PP_FIRST=0 PP_LAST=0, or PP>1")
     if lay.pp == 1 and lay.vpp > 1:
         raise BenchError(f"VPP={lay.vpp} needs PP>1", hint="set VPP=1 or raise PP")
-    counts = stage_layer_counts(lay)
     if lay.pp > 1 and lay.pp_first == 0 and lay.pp_last == 0 and lay.num_layers % lay.pp:
         raise BenchError(
             f"NUM_LAYERS={lay.num_layers} does not split evenly over PP={lay.pp} stages",
             hint="set PP_FIRST/PP_LAST for uneven first/last stages, or choose PP dividing NUM_LAYERS",
         )
+    counts = stage_layer_counts(lay)
     if lay.vpp > 1:
         bad = [c for c in counts if c % lay.vpp]
         if bad:

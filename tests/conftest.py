@@ -1,0 +1,41 @@
+"""Shared test helpers. Area-specific fixtures live in their own modules (e.g. slurm_harness.py)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+HAS_MEGATRON = _has("megatron.core") and _has("torch")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs torch and megatron-core (bash tests/setup_env.sh installs them)")
+    for item in items:
+        if "megatron" in item.keywords and not HAS_MEGATRON:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    """An environment with no knob, cluster key or secret leaking in from the caller's shell."""
+    from benchlib.cluster import CLUSTER_KEYS
+    from benchlib.knobs import KNOB_NAMES
+    from benchlib.secrets import is_secret_name
+
+    drop = set(KNOB_NAMES) | set(CLUSTER_KEYS) | {"DRY_RUN"}
+    return {k: v for k, v in os.environ.items() if k not in drop and not is_secret_name(k)}

@@ -1,0 +1,103 @@
+#!/bin/bash
+# Rendered by benchlib from the resolved run GLM-4.5-Air-TP2PP4EP32-bf16; edit the configs, not this file.
+# No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
+set -euo pipefail
+
+RUN_DIR=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16
+LOG=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16/logs/train.log
+SUITE_ROOT=@SUITE_ROOT@
+mkdir -p "$RUN_DIR/logs"
+echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
+
+export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+export NCCL_NVLS_ENABLE=0
+export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export TORCH_NCCL_AVOID_RECORD_STREAMS=1
+
+set +e
+python3 -m torch.distributed.run \
+  --nnodes=16 --nproc-per-node=8 \
+  --node-rank="${NODE_RANK:-${SLURM_NODEID:-0}}" \
+  --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port=29500 \
+  -m benchlib.driver \
+    --tensor-model-parallel-size 2 \
+    --pipeline-model-parallel-size 4 \
+    --expert-model-parallel-size 32 \
+    --expert-tensor-parallel-size 1 \
+    --context-parallel-size 1 \
+    --micro-batch-size 1 \
+    --global-batch-size 512 \
+    --seq-length 4096 \
+    --num-layers 46 \
+    --use-distributed-optimizer \
+    --overlap-grad-reduce \
+    --overlap-param-gather \
+    --hidden-size 4096 \
+    --ffn-hidden-size 10944 \
+    --num-attention-heads 96 \
+    --group-query-attention \
+    --num-query-groups 8 \
+    --kv-channels 128 \
+    --add-qkv-bias \
+    --normalization RMSNorm \
+    --norm-epsilon 1e-5 \
+    --swiglu \
+    --disable-bias-linear \
+    --untie-embeddings-and-output-weights \
+    --position-embedding-type rope \
+    --rotary-base 1000000 \
+    --rotary-percent 0.5 \
+    --max-position-embeddings 131072 \
+    --vocab-size 151552 \
+    --make-vocab-size-divisible-by 128 \
+    --moe-layer-freq '([0]*1+[1]*45)' \
+    --num-experts 128 \
+    --moe-router-topk 8 \
+    --moe-ffn-hidden-size 1408 \
+    --moe-shared-expert-intermediate-size 1408 \
+    --moe-router-score-function sigmoid \
+    --moe-router-enable-expert-bias \
+    --moe-router-bias-update-rate 1e-3 \
+    --moe-router-topk-scaling-factor 1.0 \
+    --moe-router-load-balancing-type seq_aux_loss \
+    --moe-aux-loss-coeff 1e-4 \
+    --moe-router-dtype fp32 \
+    --mtp-num-layers 1 \
+    --mtp-loss-scaling-factor 0.1 \
+    --lr 0.00025 \
+    --min-lr 2.5e-05 \
+    --lr-decay-style cosine \
+    --lr-warmup-fraction 0.1 \
+    --weight-decay 0.1 \
+    --clip-grad 1.0 \
+    --adam-beta1 0.9 \
+    --adam-beta2 0.95 \
+    --init-method-std 0.02 \
+    --attention-dropout 0 \
+    --hidden-dropout 0 \
+    --transformer-impl transformer_engine \
+    --moe-permute-fusion \
+    --bf16 \
+    --moe-token-dispatcher-type alltoall \
+    --moe-grouped-gemm \
+    --sequence-parallel \
+    --decoder-first-pipeline-num-layers 12 \
+    --decoder-last-pipeline-num-layers 8 \
+    --mock-data \
+    --tokenizer-type NullTokenizer \
+    --train-iters 50 \
+    --log-interval 1 \
+    --log-throughput \
+    --eval-iters 0 \
+    --exit-signal-handler \
+  2>&1 | tee -a "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+
+if [ "$status" -eq 0 ]; then
+  rm -f "$RUN_DIR/INCOMPLETE"
+fi
+python3 -m benchlib collect "$RUN_DIR" || true
+exit "$status"

@@ -1,0 +1,111 @@
+#!/bin/bash
+# Rendered by benchlib from the resolved run Kimi-K2-TP1PP16EP64-bf16; edit the configs, not this file.
+# No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
+set -euo pipefail
+
+RUN_DIR=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16
+LOG=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16/logs/train.log
+SUITE_ROOT=@SUITE_ROOT@
+mkdir -p "$RUN_DIR/logs"
+echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
+
+export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export BENCH_SPEC=native
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+export NCCL_NVLS_ENABLE=0
+export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export TORCH_NCCL_AVOID_RECORD_STREAMS=1
+
+set +e
+python3 -m torch.distributed.run \
+  --nnodes=128 --nproc-per-node=8 \
+  --node-rank="${NODE_RANK:-${SLURM_NODEID:-0}}" \
+  --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port=29500 \
+  -m benchlib.driver \
+    --tensor-model-parallel-size 1 \
+    --pipeline-model-parallel-size 16 \
+    --expert-model-parallel-size 64 \
+    --expert-tensor-parallel-size 1 \
+    --context-parallel-size 1 \
+    --micro-batch-size 1 \
+    --global-batch-size 8192 \
+    --seq-length 4096 \
+    --num-layers 61 \
+    --use-distributed-optimizer \
+    --overlap-grad-reduce \
+    --overlap-param-gather \
+    --hidden-size 7168 \
+    --ffn-hidden-size 18432 \
+    --num-attention-heads 64 \
+    --multi-latent-attention \
+    --q-lora-rank 1536 \
+    --kv-lora-rank 512 \
+    --qk-head-dim 128 \
+    --qk-pos-emb-head-dim 64 \
+    --v-head-dim 128 \
+    --kv-channels 128 \
+    --qk-layernorm \
+    --position-embedding-type rope \
+    --rope-type yarn \
+    --rotary-base 50000 \
+    --rotary-scaling-factor 32 \
+    --mscale 1.0 \
+    --mscale-all-dim 1.0 \
+    --normalization RMSNorm \
+    --norm-epsilon 1e-6 \
+    --swiglu \
+    --disable-bias-linear \
+    --untie-embeddings-and-output-weights \
+    --max-position-embeddings 131072 \
+    --vocab-size 163840 \
+    --make-vocab-size-divisible-by 128 \
+    --moe-layer-freq '([0]*1+[1]*60)' \
+    --num-experts 384 \
+    --moe-router-topk 8 \
+    --moe-ffn-hidden-size 2048 \
+    --moe-shared-expert-intermediate-size 2048 \
+    --moe-router-score-function sigmoid \
+    --moe-router-enable-expert-bias \
+    --moe-router-bias-update-rate 1e-3 \
+    --moe-router-topk-scaling-factor 2.827 \
+    --moe-router-load-balancing-type seq_aux_loss \
+    --moe-aux-loss-coeff 1e-3 \
+    --moe-router-dtype fp32 \
+    --lr 0.0002 \
+    --min-lr 2e-05 \
+    --lr-decay-style cosine \
+    --lr-warmup-fraction 0.1 \
+    --weight-decay 0.1 \
+    --clip-grad 1.0 \
+    --adam-beta1 0.9 \
+    --adam-beta2 0.95 \
+    --init-method-std 0.02 \
+    --attention-dropout 0 \
+    --hidden-dropout 0 \
+    --transformer-impl local \
+    --no-persist-layer-norm \
+    --no-gradient-accumulation-fusion \
+    --no-masked-softmax-fusion \
+    --no-rope-fusion \
+    --bf16 \
+    --moe-token-dispatcher-type alltoall \
+    --moe-grouped-gemm \
+    --decoder-first-pipeline-num-layers 3 \
+    --decoder-last-pipeline-num-layers 2 \
+    --mock-data \
+    --tokenizer-type NullTokenizer \
+    --train-iters 50 \
+    --log-interval 1 \
+    --log-throughput \
+    --eval-iters 0 \
+    --exit-signal-handler \
+  2>&1 | tee -a "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+
+if [ "$status" -eq 0 ]; then
+  rm -f "$RUN_DIR/INCOMPLETE"
+fi
+python3 -m benchlib collect "$RUN_DIR" || true
+exit "$status"

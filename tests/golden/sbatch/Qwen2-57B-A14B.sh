@@ -1,0 +1,117 @@
+#!/bin/bash
+# Rendered by benchlib from the resolved run Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16; edit the configs, not this file.
+#SBATCH --job-name=Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --time=00:20:00
+#SBATCH --output=/runs/Qwen2-57B-A14B/20260101-000000-Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16/logs/slurm-%j.out
+#SBATCH --signal=B:TERM@120
+#SBATCH --gpus-per-node=8
+#SBATCH --account=my_account
+#SBATCH --partition=batch
+#SBATCH --exclusive
+# No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
+set -euo pipefail
+
+RUN_DIR=/runs/Qwen2-57B-A14B/20260101-000000-Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16
+LOG=/runs/Qwen2-57B-A14B/20260101-000000-Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16/logs/train.log
+SUITE_ROOT=@SUITE_ROOT@
+mkdir -p "$RUN_DIR/logs"
+# Present until the training step exits 0: a run cut by the time limit or a crash keeps it.
+echo "job ${SLURM_JOB_ID:-?} started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
+
+export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export CUDA_DEVICE_MAX_CONNECTIONS=1
+export NCCL_NVLS_ENABLE=0
+export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export TORCH_NCCL_AVOID_RECORD_STREAMS=1
+MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+export MASTER_ADDR
+export MASTER_PORT=29500
+
+# One task per GPU; each task takes its rank from Slurm.
+SRUN_ARGS=(--label --kill-on-bad-exit=1 --mpi=pmix)
+SRUN_ARGS+=(--container-image=/images/megatron-moe-bench.sqsh)
+SRUN_ARGS+=(--container-mounts=@SUITE_ROOT@:@SUITE_ROOT@,/runs/Qwen2-57B-A14B/20260101-000000-Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16:/runs/Qwen2-57B-A14B/20260101-000000-Qwen2-57B-A14B-TP2PP4EP4VPP7-bf16,/lustre:/lustre)
+SRUN_ARGS+=(--container-workdir=@SUITE_ROOT@ --no-container-mount-home)
+
+set +e
+srun "${SRUN_ARGS[@]}" bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
+  python3 -m benchlib.driver \
+    --tensor-model-parallel-size 2 \
+    --pipeline-model-parallel-size 4 \
+    --expert-model-parallel-size 4 \
+    --expert-tensor-parallel-size 1 \
+    --context-parallel-size 1 \
+    --micro-batch-size 1 \
+    --global-batch-size 256 \
+    --seq-length 4096 \
+    --num-layers 28 \
+    --use-distributed-optimizer \
+    --overlap-grad-reduce \
+    --overlap-param-gather \
+    --hidden-size 3584 \
+    --ffn-hidden-size 18944 \
+    --num-attention-heads 28 \
+    --group-query-attention \
+    --num-query-groups 4 \
+    --kv-channels 128 \
+    --add-qkv-bias \
+    --normalization RMSNorm \
+    --norm-epsilon 1e-6 \
+    --swiglu \
+    --disable-bias-linear \
+    --untie-embeddings-and-output-weights \
+    --position-embedding-type rope \
+    --rotary-base 1000000 \
+    --rotary-percent 1.0 \
+    --max-position-embeddings 131072 \
+    --vocab-size 151936 \
+    --make-vocab-size-divisible-by 128 \
+    --num-experts 64 \
+    --moe-router-topk 8 \
+    --moe-ffn-hidden-size 2560 \
+    --moe-shared-expert-intermediate-size 20480 \
+    --moe-shared-expert-gate \
+    --moe-router-score-function softmax \
+    --moe-router-pre-softmax \
+    --moe-router-load-balancing-type aux_loss \
+    --moe-aux-loss-coeff 1e-3 \
+    --moe-router-dtype fp32 \
+    --lr 0.0003 \
+    --min-lr 3e-05 \
+    --lr-decay-style cosine \
+    --lr-warmup-fraction 0.1 \
+    --weight-decay 0.1 \
+    --clip-grad 1.0 \
+    --adam-beta1 0.9 \
+    --adam-beta2 0.95 \
+    --init-method-std 0.02 \
+    --attention-dropout 0 \
+    --hidden-dropout 0 \
+    --transformer-impl transformer_engine \
+    --moe-permute-fusion \
+    --bf16 \
+    --moe-token-dispatcher-type alltoall \
+    --moe-grouped-gemm \
+    --sequence-parallel \
+    --num-virtual-stages-per-pipeline-rank 7 \
+    --mock-data \
+    --tokenizer-type NullTokenizer \
+    --train-iters 50 \
+    --log-interval 1 \
+    --log-throughput \
+    --eval-iters 0 \
+    --exit-signal-handler \
+    --exit-duration-in-mins 15 \
+  2>&1 | tee -a "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+
+if [ "$status" -eq 0 ]; then
+  rm -f "$RUN_DIR/INCOMPLETE"
+fi
+# Parse the log into result.json beside it (does not change the job's exit status).
+python3 -m benchlib collect "$RUN_DIR" || true
+exit "$status"
