@@ -141,3 +141,11 @@ def knob_doc_table() -> list[tuple[str, str, str]]:
         allowed = "|".join(choices) if choices else {"int": "integer", "bool": "0|1", "str": "text"}[kind]
         rows.append((f.name, allowed, f.metadata["doc"]))
     return rows
+
+
+def knob_markdown_table() -> str:
+    lines = ["| knob | values | what it does |", "| --- | --- | --- |"]
+    for name, allowed, doc in knob_doc_table():
+        values = allowed.replace("|", " \\| ")
+        lines.append(f"| `{name}` | {values} | {doc} |")
+    return "\n".join(lines)

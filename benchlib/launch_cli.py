@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models)
 
     p = sub.add_parser("knobs", help="list every knob with its allowed values and meaning")
+    p.add_argument("--markdown", action="store_true", help="print the README's knob table")
     p.set_defaults(func=_knobs)
 
 
@@ -125,8 +126,11 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _knobs(args: argparse.Namespace) -> int:
-    from .knobs import knob_doc_table
+    from .knobs import knob_doc_table, knob_markdown_table
 
+    if args.markdown:
+        print(knob_markdown_table())
+        return 0
     for name, allowed, doc in knob_doc_table():
         print(f"{name:18} {allowed:32} {doc}")
     return 0
