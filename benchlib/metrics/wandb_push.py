@@ -94,6 +94,9 @@ def push_result(result: RunResult, *, directory: Path, project: str | None = Non
         url = None if offline else run.url
     finally:
         run.finish()
+        # wandb-core writes the run's last records after finish() returns; teardown waits for it,
+        # so the offline folder is complete when this returns (a `wandb sync` right after works).
+        wandb.teardown()
     if offline:
         return f"offline WandB run in {where} (upload later: wandb sync {where})"
     return redact(f"WandB run {url}")
