@@ -41,7 +41,8 @@ def resolve_spec(spec: str | None, shape: ModelShape) -> Any:
 
     from .sdpa_attention import patch_core_attention
 
-    return lambda config: patch_core_attention(get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization="RMSNorm"))
+    return lambda config: patch_core_attention(
+        get_gpt_decoder_block_spec(config, use_transformer_engine=False, normalization="RMSNorm"), shape.q_lora_rank)
 
 
 def build_meta_model(shape: ModelShape, dtype: str = "bf16", vocab_multiple: int = 128, spec: str | None = None) -> tuple[Any, Any]:

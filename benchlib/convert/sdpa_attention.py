@@ -48,10 +48,18 @@ class SDPACoreAttention(_module_base()):  # type: ignore[misc]
         return out.permute(2, 0, 1, 3).reshape(s, b, -1)
 
 
-def patch_core_attention(layer_spec: Any) -> Any:
-    """Replace core_attention in a block/layer spec (in place) with SDPACoreAttention."""
+def patch_core_attention(layer_spec: Any, q_lora_rank: Optional[int] = 1) -> Any:
+    """Replace core_attention in a block/layer spec (in place) with SDPACoreAttention.
+
+    Without a q LoRA (DeepSeek-V2-Lite) there is no q norm: the local spec would still build one
+    with --qk-layernorm (and Megatron refuses it), so it becomes an IdentityOp, as in the TE spec.
+    """
+    from megatron.core.transformer.identity_op import IdentityOp
+
     specs = getattr(layer_spec, "layer_specs", None) or [layer_spec]
     for spec in specs:
         attn = spec.submodules.self_attention
         attn.submodules.core_attention = SDPACoreAttention
+        if not q_lora_rank and hasattr(attn.submodules, "q_layernorm"):
+            attn.submodules.q_layernorm = IdentityOp
     return layer_spec
