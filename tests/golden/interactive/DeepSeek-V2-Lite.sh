@@ -17,11 +17,13 @@ export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export TORCH_NCCL_AVOID_RECORD_STREAMS=1
 
+export MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}" PET_NODE_RANK=0
+LAUNCHER=()
+
 set +e
-python3 -m torch.distributed.run \
+"${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=1 --nproc-per-node=8 \
-  --node-rank="${NODE_RANK:-${SLURM_NODEID:-0}}" \
-  --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port=29500 \
+  --master-addr="$MASTER_ADDR" --master-port=29500 \
   -m benchlib.driver \
     --tensor-model-parallel-size 1 \
     --pipeline-model-parallel-size 1 \

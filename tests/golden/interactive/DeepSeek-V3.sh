@@ -16,11 +16,15 @@ export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export TORCH_NCCL_AVOID_RECORD_STREAMS=1
 
+# Several nodes of an allocation: one torchrun per node through srun, node rank from Slurm.
+MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"
+export MASTER_ADDR
+LAUNCHER=(srun --nodes=128 --ntasks-per-node=1 --label bash -c 'export PET_NODE_RANK=$SLURM_NODEID; exec "$@"' node)
+
 set +e
-python3 -m torch.distributed.run \
+"${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=128 --nproc-per-node=8 \
-  --node-rank="${NODE_RANK:-${SLURM_NODEID:-0}}" \
-  --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port=29500 \
+  --master-addr="$MASTER_ADDR" --master-port=29500 \
   -m benchlib.driver \
     --tensor-model-parallel-size 1 \
     --pipeline-model-parallel-size 16 \
