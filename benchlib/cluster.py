@@ -26,7 +26,7 @@ class ClusterConfig:
     PARTITION: str = ckey("Slurm partition (#SBATCH --partition); empty = the cluster's default.")
     QOS: str = ckey("Slurm QoS; empty = none.")
     GPUS_PER_NODE: int = ckey("GPUs per node (4 on GB200 NVL72 trays, 8 on most others).", 8)
-    GPU_TYPE: str = ckey("GPU type: H100, H200, B200, GB200, GB300 or A100 (validation, MFU, memory checks).", "H100")
+    GPU_TYPE: str = ckey("GPU type: H100, H200, B200, GB200, GB300 or A100 (validation, MFU, memory checks); empty = this machine's.", "H100")
     REQUEST_GPUS: bool = ckey("Ask Slurm for GPUs with --gpus-per-node (0 for CPU-only test clusters).", True)
     SEGMENT: int = ckey("Slurm --segment size in nodes (GB200 NVL domains); 0 = none.", 0)
     CONTAINER_RUNTIME: str = ckey("pyxis (srun --container-image) or none (plain srun, software on the nodes).", "pyxis")
@@ -108,7 +108,7 @@ def load_cluster(name: str, model: str, env_overrides: dict[str, str] | None = N
                 raise BenchError(f"{path}: {key}={raw!r} is not 0 or 1")
             typed[key] = raw.lower() in ("1", "true")
         else:
-            if key in _CHOICES and raw not in _CHOICES[key]:
+            if key in _CHOICES and raw not in _CHOICES[key] and not (key == "GPU_TYPE" and raw == ""):
                 raise BenchError(f"{path}: {key}={raw!r} is not one of {', '.join(_CHOICES[key])}")
             typed[key] = _expand(raw) if key in _PATH_KEYS else raw
     cluster = ClusterConfig(**typed)  # type: ignore[arg-type]

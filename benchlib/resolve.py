@@ -93,6 +93,22 @@ def detect_local_gpus() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+def detect_local_gpu_type() -> str:
+    """The GPU type of this machine from nvidia-smi's name ('' when unknown)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return ""
+    try:
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    name = out.stdout.splitlines()[0].upper() if out.stdout.strip() else ""
+    for gpu in ("GB300", "GB200", "B200", "H200", "H100", "A100"):
+        if gpu in name:
+            return gpu
+    return ""
+
+
 def _job_name(k: Knobs) -> str:
     layout = f"TP{k.TP}PP{k.PP}EP{k.EP}" + (f"CP{k.CP}" if k.CP > 1 else "") + (f"VPP{k.VPP}" if k.VPP > 1 else "")
     name = f"{k.MODEL}-{layout}-{k.PR}"
@@ -136,6 +152,11 @@ def resolve_run(
     notes: list[str] = []
     if not cluster.PYTHON:  # local runs: the interpreter running benchlib
         cluster = dataclasses.replace(cluster, PYTHON=sys.executable)
+    if not cluster.GPU_TYPE:  # local runs: this machine's GPU
+        detected = detect_local_gpu_type()
+        if not detected:
+            notes.append("GPU type not recognised on this machine: assuming H100 (set GPU_TYPE=...)")
+        cluster = dataclasses.replace(cluster, GPU_TYPE=detected or "H100")
     gpus_per_node = cluster.GPUS_PER_NODE
     if gpus_per_node == 0:  # "this machine's GPUs" (local.conf)
         gpus_per_node = detect_local_gpus() if local_gpus is None else local_gpus
