@@ -13,7 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-BATCH_DOCS = 256
+BATCH_DOCS = 1024
 
 _WORKER_TOKENIZER: Any = None
 
@@ -27,7 +27,8 @@ def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
 def encode_batch(hf_tokenizer: Any, texts: list[str]) -> list[list[int]]:
     # Same as Megatron's HuggingFaceTokenizer.text_to_ids (include_special_tokens=True): the
     # tokenizer's own special tokens (e.g. a BOS) are added exactly as in a run.
-    return [list(ids) for ids in hf_tokenizer(texts)["input_ids"]]
+    enc = hf_tokenizer(texts, return_attention_mask=False, return_token_type_ids=False)
+    return enc["input_ids"]
 
 
 def _init_worker(tokenizer_path: str) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import BenchError
 from .corpus import Corpus
@@ -195,7 +196,7 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
         log(f"tokenizing {opts.input} with {final_tok} (vocab size {vocab_size}) ...")
         stats = write_indexed(
             opts.output_prefix,
-            encode_documents(corpus.documents(), tokenizer, tokenizer_dir, workers=opts.workers),
+            _progress(encode_documents(corpus.documents(), tokenizer, tokenizer_dir, workers=opts.workers), log),
             vocab_size,
             eod=eod,
             before_commit=lambda: _check_documents(corpus),
@@ -220,6 +221,20 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
         eod_appended=opts.append_eod,
         prefix=opts.output_prefix,
     )
+
+
+def _progress(token_ids: Iterator[list[int]], log: Callable[[str], None], every_s: float = 30.0) -> Iterator[list[int]]:
+    """Pass the ids through, with a line every `every_s` seconds on a long corpus."""
+    start = last = time.monotonic()
+    docs = tokens = 0
+    for ids in token_ids:
+        docs += 1
+        tokens += len(ids)
+        yield ids
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            log(f"  {docs} documents, {tokens} tokens ({tokens / (now - start):.0f} tokens/s)")
 
 
 def _mkparent(path: Path) -> Path:

@@ -105,7 +105,12 @@ def check_tokenizer_path(path: Path) -> None:
 
 def load_megatron_tokenizer(path: Path) -> Any:
     """The tokenizer exactly as a run builds it for `--tokenizer-type HuggingFaceTokenizer`."""
-    from megatron.core.tokenizers import MegatronTokenizer
+    import warnings
+
+    with warnings.catch_warnings():
+        # Importing megatron.core warns about Transformer Engine / Apex; irrelevant to tokenizing.
+        warnings.simplefilter("ignore", UserWarning)
+        from megatron.core.tokenizers import MegatronTokenizer
 
     check_tokenizer_path(path)
     try:
