@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-plan", action="store_true", help="take the top K layouts of `benchlib plan`")
     src.add_argument("--grid", type=Path, help="YAML file: base knobs + a list of layouts (docs/planning.md)")
+    src.add_argument("--results", type=Path, metavar="SWEEP_DIR",
+                     help="rank a finished sweep's layouts by measured tokens/s/GPU (benchlib compare's table, best first)")
     p.add_argument("model", nargs="?", help="model (with --from-plan; a grid file names its own)")
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--nodes", type=int, default=None, help="with --from-plan: nodes per layout (default: the model's NNODES)")
@@ -100,6 +102,14 @@ def _sweep(args: argparse.Namespace) -> int:
     rest = list(args.rest)
     if rest[:1] == ["--"]:
         rest = rest[1:]
+    if args.model and "=" in args.model:  # argparse took the first KEY=VALUE for the optional MODEL
+        rest.insert(0, args.model)
+        args.model = None
+    if args.results:
+        from .sweep import rank_results
+
+        print(rank_results(args.results))
+        return 0
     if args.grid:
         out = sweep_from_grid(args.grid, rest, os.environ, concurrency=args.concurrency, submit=not args.dry_run)
     else:
