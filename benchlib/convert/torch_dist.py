@@ -51,6 +51,7 @@ def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[
     sharded, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded, False)
     pyt_sd = mcore_to_pyt_state_dict(sharded, False)
     cache: dict[str, Any] = {}
+    failures: list[BaseException] = []
 
     class LazyPlanner(MCoreSavePlanner):
         def resolve_data(self, write_item):  # noqa: ANN001, ANN201
@@ -59,15 +60,24 @@ def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[
             name, view, prepend = chunk_of[(write_item.index.fqn, tuple(write_item.index.offset))]
             if name not in cache:
                 cache.clear()  # one parameter at a time (its chunks come one after another)
-                cache[name] = produce(name)
+                try:
+                    cache[name] = produce(name)
+                except Exception as err:  # DCP wraps errors; keep ours to re-raise as is
+                    failures.append(err)
+                    raise
             full = cache[name]
             part = full.as_strided(view.shape, view.stride(), view.storage_offset())
             return part.reshape((1,) * prepend + tuple(view.shape)).contiguous()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = dcp.FileSystemWriter(str(out_dir), single_file_per_rank=True, thread_count=1)
-    dcp.save(pyt_sd, storage_writer=writer,
-             planner=LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False, flatten_sharded_tensors=False))
+    try:
+        dcp.save(pyt_sd, storage_writer=writer,
+                 planner=LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False, flatten_sharded_tensors=False))
+    except BaseException:  # DCP's CheckpointException is a BaseException
+        if failures:
+            raise failures[0] from None
+        raise
     cache.clear()
     save_config(CheckpointingConfig("torch_dist", 1), str(out_dir))
     del torch
