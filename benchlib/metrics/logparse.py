@@ -11,6 +11,7 @@ regular expressions. No torch, no megatron import (this runs on login nodes).
 from __future__ import annotations
 
 import ast
+import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from ..errors import BenchError
 
-CHUNK_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 64 * 1024 * 1024  # window over the mapped file; bounds the candidate-line table
 TAIL_BYTES = 256 * 1024  # how much of the end is scanned for the latest timestamp
 
 # Marker -> kind. Each is a plain substring; a hit is then parsed properly.
@@ -48,6 +49,23 @@ MARKERS: tuple[tuple[bytes, str], ...] = (
     (b"Traceback (most recent call last)", "traceback"),
     (b"Exited with exit code", "exit_code"),
     (b"ChildFailedError", "exit_code"),
+)
+
+MARKERS_STR: tuple[tuple[str, str], ...] = tuple((m.decode(), k) for m, k in MARKERS)
+# Substrings that find every line a marker can be on, with few passes over the bytes (each pass
+# is a C-speed bytes.find; fewer and longer needles are faster). Every marker's line holds one of
+# these: Slurm's and srun's lines say "error:", Python exceptions end in "Error".
+ANCHORS: tuple[bytes, ...] = (
+    b"iteration",  # iteration, validation, checkpoint and memory lines; "[exiting program at iteration"
+    b"rror",  # Python errors (OOM, NaN asserts, crashes), torchrun's ChildFailedError, "srun: error:", "slurmstepd: error:"
+    b"Traceback (most recent call last)",
+    b"atchdog",  # NCCL watchdog timeout / watchdog stuck
+    b"failed or timed out",
+    b"------------------------ arguments ------------------------",
+    b"Theoretical memory footprints:",
+    b"] datetime: ",  # print_datetime: training done, exit-duration, SIGTERM
+    b"> padded vocab (size:",
+    b"Unexpected result",  # Megatron's rerun state machine (NaN/Inf)
 )
 
 # Line prefixes: `srun -l` label, then optionally torchrun's `[defaultN]:`.
@@ -133,13 +151,29 @@ def strip_prefix(line: str) -> str:
     return line[_PREFIX.match(line).end():]
 
 
+_DAY_CACHE: dict[str, float] = {}
+
+
+def _day_epoch(day: str) -> float:
+    """Seconds at 00:00 of a YYYY-MM-DD date (log clock read as UTC); cached: dates repeat."""
+    t = _DAY_CACHE.get(day)
+    if t is None:
+        t = datetime(int(day[0:4]), int(day[5:7]), int(day[8:10]), tzinfo=timezone.utc).timestamp()
+        _DAY_CACHE[day] = t
+    return t
+
+
 def parse_timestamp(text: str) -> float | None:
     m = _TS.search(text)
     if not m:
         return None
+    try:
+        day = _day_epoch(m.group(1))
+    except ValueError:
+        return None
+    hms = m.group(2)
     frac = float(m.group(3)) if m.group(3) else 0.0
-    dt = datetime.strptime(f"{m.group(1)} {m.group(2)}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-    return dt.timestamp() + frac
+    return day + int(hms[0:2]) * 3600 + int(hms[3:5]) * 60 + int(hms[6:8]) + frac
 
 
 def parse_arg_value(text: str) -> Any:
@@ -308,45 +342,44 @@ class _Reader:
             self.event(kind, line)
 
 
-def _scan_chunk(reader: _Reader, chunk: bytes) -> None:
-    start = 0
-    if reader.in_args is not None:  # argument dump continued from the previous chunk
-        end_pos = chunk.find(b"- end of arguments -")
-        stop = len(chunk) if end_pos < 0 else chunk.find(b"\n", end_pos)
-        stop = len(chunk) if stop < 0 else stop
-        for raw in chunk[:stop].split(b"\n"):
-            if not reader.args_line(raw.decode("utf-8", "replace")):
-                break
-        start = stop
-    hits: list[tuple[int, str]] = []
-    for marker, kind in MARKERS:
-        pos = chunk.find(marker, start)
+def _args_block(reader: _Reader, buf, begin: int, end: int) -> int:
+    """Feed argument-dump lines from `begin` to the dump's end marker (or `end`); returns where it stopped."""
+    end_pos = buf.find(b"- end of arguments -", begin, end)
+    stop = end if end_pos < 0 else buf.find(b"\n", end_pos, end)
+    stop = end if stop < 0 else stop
+    for raw in buf[begin:stop].split(b"\n"):
+        if not reader.args_line(raw.decode("utf-8", "replace")):
+            break
+    return stop
+
+
+def _scan_window(reader: _Reader, buf, start: int, end: int) -> None:
+    """Lines in buf[start:end] (whole lines): find candidates by a few anchors (one C-speed pass
+    each, no copy of the bytes), then classify each candidate line once, in file order."""
+    if reader.in_args is not None:  # argument dump continued from the previous window
+        start = _args_block(reader, buf, start, end)
+    lines: dict[int, int] = {}  # line start -> line end
+    for anchor in ANCHORS:
+        pos = buf.find(anchor, start, end)
         while pos >= 0:
-            hits.append((pos, kind))
-            pos = chunk.find(marker, pos + len(marker))
-    hits.sort()
-    last_line_start = -1
-    last_kind = ""
+            ls = buf.rfind(b"\n", start, pos) + 1 or start
+            le = buf.find(b"\n", pos, end)
+            le = end if le < 0 else le
+            lines[ls] = le
+            pos = buf.find(anchor, le, end)  # one hit per line is enough
     skip_until = -1
-    for pos, kind in hits:
-        if pos < skip_until:
+    for ls in sorted(lines):
+        if ls < skip_until:
             continue
-        ls = chunk.rfind(b"\n", 0, pos) + 1
-        if ls == last_line_start and kind == last_kind:
-            continue  # two markers of one kind on one line
-        last_line_start, last_kind = ls, kind
-        le = chunk.find(b"\n", pos)
-        le = len(chunk) if le < 0 else le
-        line = chunk[ls:le].decode("utf-8", "replace")
-        reader.handle(kind, line, chunk, le)
-        if kind == "args_start" and reader.in_args is not None:
-            end_pos = chunk.find(b"- end of arguments -", le)
-            stop = len(chunk) if end_pos < 0 else chunk.find(b"\n", end_pos)
-            stop = len(chunk) if stop < 0 else stop
-            for raw in chunk[le + 1: stop].split(b"\n"):
-                if not reader.args_line(raw.decode("utf-8", "replace")):
-                    break
-            skip_until = stop
+        le = lines[ls]
+        line = buf[ls:le].decode("utf-8", "replace")
+        seen: set[str] = set()
+        for marker, kind in MARKERS_STR:
+            if kind not in seen and marker in line:
+                seen.add(kind)
+                reader.handle(kind, line, buf, le)
+        if "args_start" in seen and reader.in_args is not None:
+            skip_until = _args_block(reader, buf, min(le + 1, end), end)
 
 
 def _last_timestamp(path: Path, year_hint: int | None) -> tuple[float | None, str]:
@@ -389,23 +422,22 @@ def parse_log(paths: list[Path] | list[str], *, chunk_bytes: int = CHUNK_BYTES) 
     truncated = False
     for f in files:
         reader.file = str(f)
-        with open(f, "rb") as fh:
-            carry = b""
-            while True:
-                block = fh.read(chunk_bytes)
-                if not block:
-                    if carry:  # last line without a newline: a truncated write
-                        truncated = True
-                        _scan_chunk(reader, carry)
-                    break
-                total += len(block)
-                block = carry + block
-                cut = block.rfind(b"\n") + 1
-                if cut == 0:
-                    carry = block
-                    continue
-                carry = block[cut:]
-                _scan_chunk(reader, block[:cut])
+        size = f.stat().st_size
+        total += size
+        if size == 0:
+            continue
+        with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if hasattr(buf, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+                buf.madvise(mmap.MADV_SEQUENTIAL)
+            truncated = buf[size - 1:size] != b"\n"
+            pos = 0
+            while pos < size:
+                # windows end just after a newline, so no line is split between two windows
+                cut = buf.rfind(b"\n", pos, min(pos + chunk_bytes, size)) + 1
+                if cut <= pos or pos + chunk_bytes >= size:
+                    cut = size if pos + chunk_bytes >= size or cut <= pos else cut
+                _scan_window(reader, buf, pos, cut)
+                pos = cut
         if reader.in_args is not None:  # dump cut off by the end of the file
             reader.configs.append(reader.in_args)
             reader.in_args = None
