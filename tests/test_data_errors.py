@@ -216,3 +216,15 @@ def test_pipe_input_cannot_train_a_tokenizer(tmp_path):
     os.mkfifo(fifo)
     err = prepare_error("--input", str(fifo), "--output-prefix", str(tmp_path / "o"))
     assert "reads the input twice" in err.message and "--tokenizer" in err.hint
+
+
+def test_real_cli_prints_error_and_fix_with_exit_code_2(tmp_path):
+    """Through `python -m benchlib`, as a user runs it: no traceback, the fix on its own line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchlib", "data", "prepare", "--input", str(tmp_path / "missing.txt"), "--output-prefix", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert f"error: input file {tmp_path / 'missing.txt'} does not exist" in proc.stderr
+    assert "  fix: pass --input" in proc.stderr
+    assert "Traceback" not in proc.stderr

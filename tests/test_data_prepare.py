@@ -178,3 +178,70 @@ def test_workers_write_the_same_dataset_as_one_process(tmp_path, prepared_jsonl)
     run_prepare("--input", str(big), "--tokenizer", tok, "--output-prefix", str(tmp_path / "two"), "--append-eod", "--workers", "2")
     assert (tmp_path / "two.bin").read_bytes() == (tmp_path / "one.bin").read_bytes()
     assert (tmp_path / "two.idx").read_bytes() == (tmp_path / "one.idx").read_bytes()
+
+
+@pytest.mark.slow
+def test_real_cli_end_to_end(tmp_path):
+    """`python -m benchlib data prepare` in its own process, from another working directory, with a
+    relative output prefix: the printed settings hold absolute paths that work from anywhere."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    docs = make_documents(80, seed=7, multiline=False)
+    write_txt(tmp_path / "c.txt", docs)
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchlib", "data", "prepare", "--input", "c.txt", "--vocab-size", "300", "--output-prefix", "sub/c", "--append-eod",
+         "--model", "Qwen3-30B-A3B-Proxy", "--cluster", "local"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prefix, folder = tmp_path / "sub" / "c", tmp_path / "sub" / "c-tokenizer"
+    assert f"DATA=real DATA_PATH={prefix} TOKENIZER_MODEL={folder} MODEL=Qwen3-30B-A3B-Proxy" in proc.stdout
+    assert "cluster_configs/benchmarking/local.conf" in proc.stdout and "[Qwen3-30B-A3B-Proxy]" in proc.stdout
+    # The model's 151936-id vocabulary is not what this 300-id tokenizer gives a run: said so.
+    assert "note: Qwen3-30B-A3B-Proxy sets --vocab-size 151936" in proc.stdout and "padded to 384" in proc.stdout
+    tok = hf_tokenizer(folder)
+    assert [tok.decode(s[:-1]) for s in read_back(prefix)] == docs
+
+
+def test_model_vocab_is_the_default_training_size_and_unknown_models_are_refused(tmp_path):
+    import yaml
+
+    from benchlib.data.prepare import PrepareOptions
+    from benchlib.errors import BenchError
+    from benchlib.paths import MODEL_DIR
+
+    expected = yaml.safe_load((MODEL_DIR / "Qwen3-30B-A3B-Proxy.yaml").read_text())["MODEL_ARGS"]["--vocab-size"]
+    opts = PrepareOptions(input=tmp_path / "c.txt", output_prefix=tmp_path / "o", model="Qwen3-30B-A3B-Proxy")
+    assert opts.default_vocab_size() == int(expected)
+    assert PrepareOptions(input=tmp_path / "c.txt", output_prefix=tmp_path / "o", model="Qwen3-30B-A3B-Proxy", vocab_size=999).default_vocab_size() == 999
+    corpus = write_txt(tmp_path / "c.txt", ["hello"])
+    with pytest.raises(BenchError, match="unknown model 'Qwen3-30B-A3B-Prox'"):
+        run_prepare("--input", str(corpus), "--output-prefix", str(tmp_path / "o"), "--model", "Qwen3-30B-A3B-Prox")
+
+
+def test_printed_settings_resolve_to_the_megatron_data_flags(prepared_jsonl, tmp_path):
+    """The env overrides and the [MODEL] section that `prepare` prints, fed to benchlib's own
+    resolver: both give --data-path / HuggingFaceTokenizer / --tokenizer-model for DATA=real."""
+    from benchlib.paths import CLUSTER_DIR
+    from benchlib.resolve import resolve_run
+
+    root, _, out = prepared_jsonl
+    prefix, folder = str(root / "out" / "corpus"), str(root / "out" / "corpus-tokenizer")
+    model = "Qwen3-30B-A3B-Proxy"
+    want = {"--data-path": prefix, "--tokenizer-type": "HuggingFaceTokenizer", "--tokenizer-model": folder}
+
+    env = {"DATA_PATH": prefix, "TOKENIZER_MODEL": folder}
+    run = resolve_run([f"MODEL={model}", "DATA=real"], env, mode="interactive", local_gpus=1)
+    assert {k: run.flags.get(k) for k in want} == want
+    assert "--mock-data" not in run.flags
+
+    # The printed [MODEL] section, pasted into a copy of the local cluster conf.
+    section = out[out.index("    [<MODEL>]") : out.index("  then run with DATA=real.")]
+    pasted = "\n".join(line.strip() for line in section.splitlines()).replace("[<MODEL>]", f"[{model}]")
+    conf = tmp_path / "mine.conf"
+    conf.write_text((CLUSTER_DIR / "local.conf").read_text() + "\n" + pasted + "\n")
+    run = resolve_run([f"MODEL={model}", "DATA=real", f"CLUSTER={conf}"], {}, mode="interactive", local_gpus=1)
+    assert {k: run.flags.get(k) for k in want} == want

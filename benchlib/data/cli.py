@@ -23,14 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--text-key", default="text", help="JSON key holding the document text (default: text)")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", type=Path, metavar="PATH", help="local Hugging Face tokenizer folder to use instead of training one")
-    tok.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size of the tokenizer to train (default 32768)")
+    tok.add_argument("--vocab-size", type=int, metavar="N", help="vocabulary size of the tokenizer to train (default: --model's, else 32768)")
     p.add_argument("--tokenizer-output", type=Path, metavar="DIR", help="where the trained tokenizer goes (default: <PREFIX>-tokenizer)")
     p.add_argument("--output-prefix", required=True, type=Path, metavar="PREFIX", help="writes PREFIX.bin and PREFIX.idx")
     p.add_argument("--workers", type=int, default=1, help="tokenizing processes (default 1)")
     p.add_argument("--append-eod", action="store_true", help="end every document with the end-of-document token (usual for GPT pretraining)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.bin/.idx (and trained tokenizer folder)")
-    p.add_argument("--model", default="<MODEL>", help="model name to show in the printed settings")
-    p.add_argument("--cluster", default="<CLUSTER>", help="cluster conf name to show in the printed settings")
+    p.add_argument("--model", help="model config the data is for: shown in the printed settings; its --vocab-size is the default for training")
+    p.add_argument("--cluster", help="cluster conf name to show in the printed settings")
     p.set_defaults(func=prepare_command)
 
 
@@ -56,6 +56,7 @@ def prepare_command(args: argparse.Namespace) -> int:
         workers=args.workers,
         append_eod=args.append_eod,
         overwrite=args.overwrite,
+        model=args.model,
     )
     previous = signal.signal(signal.SIGTERM, _sigterm_to_exit)
     try:

@@ -31,6 +31,12 @@ class PrepareOptions:
     workers: int = 1
     append_eod: bool = False
     overwrite: bool = False
+    model: str | None = None  # a model config: its --vocab-size is the default for training
+
+    def default_vocab_size(self) -> int:
+        from .tokenizer import DEFAULT_VOCAB
+
+        return self.vocab_size or model_vocab_size(self.model) or DEFAULT_VOCAB
 
     @property
     def trains_tokenizer(self) -> bool:
@@ -59,6 +65,19 @@ class PrepareResult:
     @property
     def idx_path(self) -> Path:
         return idx_path(self.prefix)
+
+
+def model_vocab_size(model: str | None) -> int | None:
+    """The `--vocab-size` of a model config, or None (no model named, or it sets none)."""
+    if not model or model.startswith("<"):
+        return None
+    from ..model_config import load_model
+
+    value = load_model(model).model_args.get("--vocab-size")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _absolute(path: Path) -> Path:
@@ -95,7 +114,9 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
         workers=opts.workers,
         append_eod=opts.append_eod,
         overwrite=opts.overwrite,
+        model=opts.model,
     )
+    model_vocab_size(out.model)  # an unknown --model fails here, before any work
     if out.input_format not in ("auto", "jsonl", "txt"):
         raise BenchError(f"--format {out.input_format!r} is not auto, jsonl or txt")
     corpus = Corpus(out.input, out.text_key, out.input_format)
@@ -110,9 +131,9 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
 
         check_tokenizer_path(out.tokenizer)
     else:
-        from .tokenizer import DEFAULT_VOCAB, check_vocab_size
+        from .tokenizer import check_vocab_size
 
-        check_vocab_size(out.vocab_size or DEFAULT_VOCAB)
+        check_vocab_size(out.default_vocab_size())
         if out.trained_tokenizer_dir().exists() and not out.overwrite:
             folder = out.trained_tokenizer_dir()
             raise BenchError(
@@ -167,14 +188,14 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
     import tempfile
 
     from .encode import encode_documents
-    from .tokenizer import DEFAULT_VOCAB, load_megatron_tokenizer, save_hf_folder
+    from .tokenizer import load_megatron_tokenizer, save_hf_folder
 
     opts = normalize(opts)
     corpus = Corpus(opts.input, opts.text_key, opts.input_format)
     staging: Path | None = None
     try:
         if opts.trains_tokenizer:
-            vocab = opts.vocab_size or DEFAULT_VOCAB
+            vocab = opts.default_vocab_size()
             log(f"training a byte-level BPE tokenizer (vocab size up to {vocab}) on {opts.input} ...")
             tok = _train_tokenizer(corpus, vocab)
             if corpus.stats.documents == 0:
@@ -247,9 +268,16 @@ def _check_documents(corpus: Corpus) -> None:
         raise _empty_corpus(corpus)
 
 
-def usage_text(result: PrepareResult, *, model: str = "<MODEL>", cluster: str = "<CLUSTER>") -> str:
+def _padded(vocab: int, multiple: int = 128) -> int:
+    # Megatron pads the vocabulary to a multiple of --make-vocab-size-divisible-by (128) x TP.
+    return -(-vocab // multiple) * multiple
+
+
+def usage_text(result: PrepareResult, *, model: str | None = None, cluster: str | None = None) -> str:
     """What was written, and the exact settings that train on it."""
     q = shlex.quote
+    model_name = model or "<MODEL>"
+    cluster_name = cluster or "<CLUSTER>"
     tok_how = "trained byte-level BPE" if result.trained_tokenizer else "given tokenizer"
     lines = [
         f"documents   {result.documents}" + (f" ({result.skipped_empty} empty skipped)" if result.skipped_empty else ""),
@@ -258,11 +286,21 @@ def usage_text(result: PrepareResult, *, model: str = "<MODEL>", cluster: str = 
         f"data        {result.bin_path}",
         f"            {result.idx_path}",
         f"tokenizer   {result.tokenizer_path}",
+    ]
+    wanted = model_vocab_size(model)
+    if wanted is not None and _padded(wanted) != _padded(result.vocab_size):
+        lines += [
+            "",
+            f"note: {model_name} sets --vocab-size {wanted}, but with a tokenizer Megatron sizes the embedding and output",
+            f"  layers from the tokenizer ({result.vocab_size}, padded to {_padded(result.vocab_size)}): a DATA=real run then differs",
+            "  in shape and speed from DATA=mock. For comparable figures train with that vocab size (needs enough text).",
+        ]
+    lines += [
         "",
         "To train on it (DATA=real reads the cluster conf's DATA_PATH and TOKENIZER_MODEL):",
-        f"  for one run:  DATA=real DATA_PATH={q(str(result.prefix))} TOKENIZER_MODEL={q(str(result.tokenizer_path))} MODEL={model} bash interactive_benchmarking.sh",
-        f"  or for every run of a model, in cluster_configs/benchmarking/{cluster}.conf:",
-        f"    [{model}]",
+        f"  for one run:  DATA=real DATA_PATH={q(str(result.prefix))} TOKENIZER_MODEL={q(str(result.tokenizer_path))} MODEL={model_name} bash interactive_benchmarking.sh",
+        f"  or for every run of a model, in cluster_configs/benchmarking/{cluster_name}.conf:",
+        f"    [{model_name}]",
         f"    DATA_PATH={result.prefix}",
         f"    TOKENIZER_MODEL={result.tokenizer_path}",
         "  then run with DATA=real.",
