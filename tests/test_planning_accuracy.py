@@ -12,21 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from benchlib.planning.memory import estimate_from_args
+from benchlib.planning.memory import args_from_record, estimate_from_args
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 TOLERANCE = 0.15
 
 
 def _records() -> list[tuple[str, dict]]:
+    """Every record with both fields; a file may hold one record, a list, or {"runs": [...]}."""
     out = []
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(RESULTS.glob("**/*.json")):
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("max_allocated_mb") and isinstance(data.get("megatron_args"), dict):
-            out.append((path.name, data))
+        items = data.get("runs", [data]) if isinstance(data, dict) else data if isinstance(data, list) else []
+        for i, rec in enumerate(items):
+            if isinstance(rec, dict) and rec.get("max_allocated_mb") and isinstance(rec.get("megatron_args"), (dict, list)):
+                name = rec.get("name") or f"{i}"
+                out.append((f"{path.relative_to(RESULTS)}:{name}", rec))
     return out
 
 
@@ -45,7 +49,8 @@ RECORDS = _records()
 @pytest.mark.skipif(not RECORDS, reason="no GPU records with max_allocated_mb and megatron_args in bench/results/ yet")
 @pytest.mark.parametrize("name,record", RECORDS, ids=[n for n, _ in RECORDS])
 def test_estimate_within_15_percent_of_measured_peak(name: str, record: dict) -> None:
-    est = estimate_from_args(record["megatron_args"])
+    args, backend = args_from_record(record)
+    est = estimate_from_args(args, backend=backend)
     measured = _measured_mb(record) * 1024**2
     error = est.peak_allocated / measured - 1
     assert abs(error) <= TOLERANCE, (

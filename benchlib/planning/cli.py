@@ -64,10 +64,10 @@ def _estimate(args: argparse.Namespace) -> int:
             record = json.loads(args.record.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise BenchError(f"cannot read record {args.record}: {err}", hint="pass a result JSON with megatron_args") from None
-        margs = record.get("megatron_args")
-        if not isinstance(margs, dict):
-            raise BenchError(f"{args.record} has no megatron_args mapping", hint="records from `benchlib collect` carry them")
-        est = estimate_from_args(margs, gpu_type=args.gpu or record.get("gpu_type"))
+        from .memory import args_from_record
+
+        margs, backend = args_from_record(record)
+        est = estimate_from_args(margs, backend=backend, gpu_type=args.gpu or record.get("gpu_type"))
     else:
         from ..resolve import resolve_run
 

@@ -156,6 +156,31 @@ def layout_from_args(args: Args) -> Layout:
                   mbs=mbs, gbs=gbs, num_layers=layers, seq_len=as_int(args, "seq_length", 4096) or 4096)
 
 
+def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(Megatron argument names, backend) of a GPU result record (bench/results/*.json).
+
+    `megatron_args` may be the argument dump (a mapping) or the command line (a list of
+    tokens); the world size comes from the record when the arguments do not carry it, the
+    backend from `backend` or the driver's BENCH_SPEC environment variable."""
+    from ..flags import megatron_arg_dict, tokens_to_dict
+
+    raw = record.get("megatron_args")
+    if isinstance(raw, list):
+        args = megatron_arg_dict(tokens_to_dict([str(t) for t in raw]))
+    elif isinstance(raw, Mapping):
+        args = dict(raw)
+    else:
+        raise BenchError("record has no megatron_args (mapping or token list)",
+                         hint="records written by bench/gpu_runs.py or `benchlib collect` carry them")
+    for key in ("world_size", "gpus", "num_gpus"):
+        if record.get(key) and "world_size" not in args:
+            args["world_size"] = int(record[key])
+    backend = record.get("backend") or (record.get("env") or {}).get("BENCH_SPEC")
+    if backend not in ("te", "native", "local"):
+        backend = None
+    return args, backend
+
+
 def attention_backend(args: Args, backend: str | None = None) -> str:
     """'flash' (Transformer Engine), 'sdpa' (benchlib's torch-native spec) or 'materialized'
     (Megatron's local DotProductAttention, which builds the [b, heads, s, s] score matrix)."""
@@ -441,10 +466,15 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
             step = 4 * shard * (1 - offload)
             # At the step the activations are gone: compare against them, not on top of them.
             transient["optimizer step scratch"] = max(0.0, step - sum(acts_total.values()))
+        misc = MISC_BYTES
+        if attn == "materialized":
+            # Megatron's local attention takes the [b*heads, s, s] bf16 baddbmm input from a global
+            # buffer that stays allocated, and caches the [s, s] bool causal mask.
+            misc += 2 * ctx.b * (m.heads / lay.tp) * ctx.s * ctx.s + ctx.s * ctx.s
         est = MemoryEstimate(
             rank=st.rank, params=int(n_params), weights=int(weights), gradients=int(grads), optimizer=int(opt),
             activations={k: int(v) for k, v in acts_total.items()}, transient={k: int(v) for k, v in transient.items()},
-            misc=MISC_BYTES, in_flight=flight, microbatches=microbatches, backend=attn,
+            misc=int(misc), in_flight=flight, microbatches=microbatches, backend=attn,
         )
         per_rank.append(est.peak_allocated)
         if best is None or est.peak_allocated > best.peak_allocated:
