@@ -36,3 +36,17 @@ def test_estimate_command_prints_the_breakdown(capsys):
     assert main(["estimate", "Qwen3-30B-A3B-Proxy", "CLUSTER=template", "MBS=2", "GBS=16"]) == 0
     out = capsys.readouterr().out
     assert "peak allocated" in out and "optimizer state" in out and "FLOPs per iteration" in out
+
+
+def test_a_record_with_the_command_line_estimates_like_the_run_it_came_from():
+    # The GPU records keep megatron_args as the argument list the job ran with (plus the GPU
+    # count and backend); reading it back must give the same estimate as the resolved run.
+    from benchlib.planning.memory import args_from_record, estimate_from_args
+
+    run = resolve_run(["MODEL=Qwen3-30B-A3B-Proxy", "EP=4", "NNODES=1", "GBS=32", "MBS=2"], ENV)
+    record = {"megatron_args": list(run.megatron_args), "gpus": run.world_size, "backend": run.backend.name}
+    args, backend = args_from_record(record)
+    from_record = estimate_from_args(args, backend=backend)
+    from_run = estimate_memory(run)
+    assert from_record.peak_allocated == from_run.peak_allocated
+    assert from_record.params == from_run.params
