@@ -263,3 +263,33 @@ def test_cli_run_directory_writes_result_json(tmp_path, capsys):
 def test_cli_unknown_gpu_is_refused(capsys):
     assert main(["parse", str(FIX / "completed_srun.log"), "--gpu", "H300"]) == 2
     assert "unknown GPU type" in capsys.readouterr().err
+
+
+# One real-shaped line per marker, among noise from other ranks: each must be found through the
+# parser's anchors (the fast path only looks at lines holding an anchor).
+MARKER_LINES = {
+    "oom": ["2: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
+            "2: RuntimeError: CUDA out of memory. Tried to allocate 1.00 GiB",
+            "[rank2]:[E1121 10:00:00.000000 CUDACachingAllocator.cpp:1] CUDA error: out of memory"],
+    "nan": ["3: RuntimeError: Rank 3, node n1, device 3, iteration 7: Unexpected result nan (message='found NaN in local grad norm')",
+            "3: AssertionError: Rank 3: found NaN in local forward loss calculation. Device: 3, node: n1"],
+    "nccl_timeout": ["[rank1]:[E1121 10:00:00.000000 ProcessGroupNCCL.cpp:632] [Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9) ran for 600015 milliseconds before timing out.",
+                     "[rank1]:[E1121 10:00:00.000000 ProcessGroupNCCL.cpp:1] [PG ID 0 PG GUID 0 Rank 1] ProcessGroupNCCL's watchdog got stuck for 480 seconds"],
+    "time_limit": ["slurmstepd: error: *** JOB 9 ON n1 CANCELLED AT 2026-11-21T10:00:00 DUE TO TIME LIMIT ***"],
+    "cancelled": ["slurmstepd: error: *** JOB 9 ON n1 CANCELLED AT 2026-11-21T10:00:00 ***"],
+    "exit_code": ["srun: error: n1: task 5: Exited with exit code 1",
+                  "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "],
+    "traceback": ["4: Traceback (most recent call last):"],
+    "done": ["0: [after training is done] datetime: 2026-11-21 10:00:00 "],
+    "exit": ["0: [exiting program after receiving SIGTERM.] datetime: 2026-11-21 10:00:00 "],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MARKER_LINES))
+def test_every_marker_line_is_found_among_noise(kind, tmp_path):
+    noise = "\n".join(f"{r}: gpu-node-01:{r}:{r} [{r}] NCCL INFO Channel 00/0 : {r}[{r}] -> {r + 1}[{r + 1}] via P2P" for r in range(8))
+    for i, line in enumerate(MARKER_LINES[kind]):
+        log = tmp_path / f"{kind}{i}.log"
+        log.write_text(noise + "\n" + line + "\n" + noise + "\n")
+        kinds = [e.kind for e in parse_log([log]).events]
+        assert kind in kinds, (line, kinds)

@@ -39,6 +39,7 @@ MARKERS: tuple[tuple[bytes, str], ...] = (
     (b"CANCELLED AT", "cancelled"),
     (b"OutOfMemoryError", "oom"),
     (b"CUDA out of memory", "oom"),
+    (b"CUDA error: out of memory", "oom"),
     (b"Watchdog caught collective operation timeout", "nccl_timeout"),
     (b"Some NCCL operations have failed or timed out", "nccl_timeout"),
     (b"ProcessGroupNCCL's watchdog got stuck", "nccl_timeout"),
