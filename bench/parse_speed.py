@@ -121,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "parse_speed.json")
     args = ap.parse_args(argv)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if saved:
+        os.sched_setaffinity(0, {sorted(saved)[0]})  # one core
+    try:
+        return _run(args, argv)
+    finally:
+        if saved:
+            os.sched_setaffinity(0, saved)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     with tempfile.TemporaryDirectory(prefix="parse-speed-") as tmp:
         big = Path(tmp) / "multi_rank.log"
         t0 = time.perf_counter()
