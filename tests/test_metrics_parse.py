@@ -293,3 +293,10 @@ def test_every_marker_line_is_found_among_noise(kind, tmp_path):
         log.write_text(noise + "\n" + line + "\n" + noise + "\n")
         kinds = [e.kind for e in parse_log([log]).events]
         assert kind in kinds, (line, kinds)
+
+
+@pytest.mark.parametrize("command", ["parse", "compare", "push"])
+def test_help_of_each_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: benchlib " + command in capsys.readouterr().out

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--world-size", type=int, help="number of GPUs (default: the log's argument dump)")
     p.add_argument("--config", type=Path, help="a resolved.json or JSON dict of Megatron arguments, for logs without an argument dump")
     p.add_argument("--skip", type=int, default=None,
-                   help=f"warm-up iterations to leave out per launch (default max({DEFAULT_MIN_SKIP}, {DEFAULT_SKIP_FRACTION:.0%} of the logged iterations))")
+                   help=f"warm-up iterations to leave out per launch (default max({DEFAULT_MIN_SKIP}, "
+                        f"{DEFAULT_SKIP_FRACTION * 100:.0f}%% of the logged iterations))")
     p.add_argument("--hang-factor", type=float, default=DEFAULT_HANG_FACTOR, help="hang after this many median iteration times without a line")
     p.add_argument("--hang-min-s", type=float, default=DEFAULT_HANG_MIN_S, help="...and at least this many seconds")
     p.add_argument("--out", type=Path, help="result JSON path (default: <run dir>/result.json for a run directory, else none)")
