@@ -300,3 +300,20 @@ def test_help_of_each_command(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0 and "usage: benchlib " + command in capsys.readouterr().out
+
+
+def test_parse_runs_without_torch_or_megatron(tmp_path):
+    """Login nodes have neither: parse + summarize + format with both made unimportable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None; sys.modules['megatron'] = None\n"
+        "from benchlib.cli import main\n"
+        f"rc = main(['parse', {str(FIX / 'completed_srun.log')!r}, '--gpu', 'H200', '--out', {str(tmp_path / 'r.json')!r}])\n"
+        "assert rc == 0, rc\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["tflops_per_gpu_recomputed"] > 0
