@@ -1,0 +1,61 @@
+"""benchlib parse on real Megatron-Core 0.19.2 logs from H200 runs (tests/fixtures/logs/*.log).
+
+These logs are committed by the GPU runs of this project (real training on real GPUs, trimmed).
+For each: the fast parser must see exactly the iteration lines a plain line-by-line reading sees,
+and the recomputed TFLOP/s/GPU (benchlib's FLOPs model on the log's own argument dump) must equal
+Megatron's printed figure within 0.5%.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from benchlib.metrics import parse_log, summarize
+from benchlib.metrics.status import STATUSES
+
+LOG_DIR = Path(__file__).resolve().parent / "fixtures" / "logs"
+LOGS = sorted(LOG_DIR.glob("*.log")) if LOG_DIR.is_dir() else []
+
+_ELAPSED = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*elapsed time per iteration \(ms\): ([\d.]+)")
+
+
+def _plain_reading(path: Path) -> list[tuple[int, float]]:
+    """Iteration lines read the slow, obvious way: every line, one regex."""
+    out = []
+    with open(path, errors="replace") as fh:
+        for line in fh:
+            m = _ELAPSED.search(line)
+            if m:
+                out.append((int(m.group(1)), float(m.group(2))))
+    return out
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
+def test_real_log_iteration_lines_match_a_plain_reading(log):
+    parsed = parse_log([log])
+    assert [(r.iteration, r.elapsed_ms) for r in parsed.iterations] == _plain_reading(log)
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
+def test_real_log_recomputed_tflops_equal_megatron_within_half_a_percent(log):
+    parsed = parse_log([log])
+    result = summarize(parsed, "H200")
+    assert result.status in STATUSES
+    if not parsed.iterations:
+        pytest.skip(f"{log.name}: no iteration line (a start-up failure log)")
+    assert parsed.config, f"{log.name}: no argument dump"
+    assert result.iteration_time_ms is not None
+    if result.tflops_per_gpu_reported is None:
+        pytest.skip(f"{log.name}: run without --log-throughput")
+    assert result.tflops_per_gpu_recomputed is not None, result.warnings
+    assert abs(result.tflops_per_gpu_recomputed / result.tflops_per_gpu_reported - 1) < 0.005
+    # every kept line, one by one: Megatron's figure vs benchlib's FLOPs / that line's time
+    flops = result.model_flops_per_iteration
+    for r in parsed.iterations:
+        if r.tflops_reported and r.iteration in result.steady_window["iterations"]:
+            mine = flops / (r.elapsed_ms / 1000 * 1e12 * result.num_gpus)
+            # both printed to 0.1: allow the rounding of either
+            assert abs(mine - r.tflops_reported) <= 0.005 * r.tflops_reported + 0.1, r.line
+    assert 0 < result.mfu < 1
