@@ -228,3 +228,38 @@ def test_real_cli_prints_error_and_fix_with_exit_code_2(tmp_path):
     assert f"error: input file {tmp_path / 'missing.txt'} does not exist" in proc.stderr
     assert "  fix: pass --input" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_lone_surrogate_in_json_is_named_by_line(tmp_path):
+    corpus = tmp_path / "s.jsonl"
+    corpus.write_text('{"text": "fine"}\n{"text": "broken \\ud800 pair"}\n')
+    err = prepare_error("--input", str(corpus), "--vocab-size", "300", "--output-prefix", str(tmp_path / "o"))
+    assert f"{corpus}:2: the text holds invalid Unicode" in err.message
+
+
+def test_byte_order_mark_is_not_text(tmp_path):
+    corpus = tmp_path / "bom.jsonl"
+    corpus.write_bytes("\ufeff".encode() + b'{"text": "first"}\n{"text": "second"}\n')
+    run_prepare("--input", str(corpus), "--vocab-size", "300", "--output-prefix", str(tmp_path / "o"))
+    from transformers import AutoTokenizer
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "o-tokenizer"))
+    ds = IndexedDataset(str(tmp_path / "o"))
+    assert [tok.decode(ds[i].tolist()) for i in range(len(ds))] == ["first", "second"]
+
+
+def test_output_folder_under_a_file_is_refused_before_any_work(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["hello"])
+    (tmp_path / "afile").write_text("x")
+    err = prepare_error("--input", str(corpus), "--vocab-size", "300", "--output-prefix", str(tmp_path / "afile" / "sub" / "o"))
+    assert "is a file" in err.message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: no unwritable folder to test with")
+def test_unwritable_output_folder(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["hello"])
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    err = prepare_error("--input", str(corpus), "--vocab-size", "300", "--output-prefix", str(locked / "o"))
+    assert "not writable" in err.message

@@ -56,7 +56,8 @@ class Corpus:
         self.check()
         stats = self.stats
         stats.documents = stats.skipped_empty = stats.lines = 0
-        with open(self.path, encoding="utf-8", newline="") as fh:
+        # utf-8-sig: a byte-order mark at the start (some editors write one) is not part of the text.
+        with open(self.path, encoding="utf-8-sig", newline="") as fh:
             lineno = 0
             while True:
                 try:
@@ -110,4 +111,11 @@ class Corpus:
                 f"{self.path}:{lineno}: {self.text_key!r} is a {type(text).__name__}, not a string",
                 hint=f"the value under {self.text_key!r} must be the document's text",
             )
+        try:
+            text.encode("utf-8")  # JSON can spell a lone surrogate ("\ud800"): no tokenizer takes it
+        except UnicodeEncodeError as err:
+            raise BenchError(
+                f"{self.path}:{lineno}: the text holds invalid Unicode ({err.reason} at character {err.start})",
+                hint="fix or drop this document (a \\ud8xx escape without its pair)",
+            ) from None
         return text

@@ -140,6 +140,9 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
                 f"tokenizer folder {folder} already exists",
                 hint=f"reuse it with --tokenizer {folder}, choose another --tokenizer-output, or pass --overwrite",
             )
+    for target in (out.output_prefix, out.trained_tokenizer_dir() if out.trains_tokenizer else None):
+        if target is not None:
+            _check_writable_parent(target)
     existing = [p for p in (bin_path(out.output_prefix), idx_path(out.output_prefix)) if p.exists()]
     if existing and not out.overwrite:
         raise BenchError(
@@ -147,6 +150,17 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
             hint="choose another --output-prefix, or pass --overwrite to replace them",
         )
     return out
+
+
+def _check_writable_parent(path: Path) -> None:
+    """The folder that will hold `path` can be written (or created): checked, nothing created yet."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BenchError(f"{folder} is a file, so {path.parent} cannot be a folder", hint="choose another --output-prefix")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BenchError(f"folder {folder} is not writable", hint="choose an --output-prefix in a folder you can write")
 
 
 def _train_tokenizer(corpus: Corpus, vocab_size: int):
