@@ -90,3 +90,23 @@ def test_grid_file_errors_are_explained(tmp_path):
     cross.write_text("model: X\ngrid: {EP: [1, 2], MBS: [1, 2]}\n")
     _, _, layouts = load_grid(cross)
     assert len(layouts) == 4 and {"EP": 2, "MBS": 1} in layouts
+
+
+def test_from_plan_dry_run_writes_one_array_of_the_plans_top_layouts(tmp_path, capsys):
+    """No Slurm needed: --dry-run writes the run directories, the array script and the index."""
+    rc = main(["sweep", "Qwen3-30B-A3B-Proxy", "--from-plan", "--top", "3", "--dry-run", "--concurrency", "1",
+               "CLUSTER=template", f"OUTPUT_ROOT={tmp_path}"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    sweep_dir = Path(out.split("sweep directory ", 1)[1].split(" ", 1)[0])
+    index = json.loads((sweep_dir / "index.json").read_text())
+    assert len(index["tasks"]) == 3
+    script = (sweep_dir / "array.sh").read_text()
+    for t in index["tasks"]:
+        run_dir = Path(t["run_dir"])
+        assert (run_dir / "launch.sh").is_file() and (run_dir / "resolved.json").is_file()
+        assert str(run_dir / "launch.sh") in script
+        resolved = json.loads((run_dir / "resolved.json").read_text())
+        for knob in ("TP", "EP", "MBS"):
+            assert str(resolved["knobs"][knob]) == str(t["knobs"][knob])
+    assert "not submitted" in out and "--array=0-2" in out
