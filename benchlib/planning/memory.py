@@ -116,6 +116,9 @@ class MemoryEstimate:
         if self.capacity is not None:
             verdict = "fits" if self.fits() else "DOES NOT FIT"
             lines.append(f"  GPU {self.gpu_type}: {g(self.capacity).strip()} -> {verdict}")
+        if len(self.per_rank_peak) > 1:
+            lines.append("peak allocated per pipeline rank (GiB): "
+                         + " ".join(f"{b / GIB:.1f}" for b in self.per_rank_peak))
         if self.flops_per_iteration:
             lines.append(f"model FLOPs per iteration: {self.flops_per_iteration:.4e}")
         lines += [f"note: {n}" for n in self.notes]
