@@ -18,6 +18,7 @@ def build_native_spec(config: Any, vp_stage: Optional[int] = None) -> Any:
 
     cfg = transformer_config_of(config)
     check_supported(cfg)
+    q_lora = getattr(cfg, "q_lora_rank", None) is not None
     if cfg.num_moe_experts is not None:
         spec = get_gpt_decoder_block_spec(
             cfg,
@@ -26,7 +27,7 @@ def build_native_spec(config: Any, vp_stage: Optional[int] = None) -> Any:
             qk_l2_norm=cfg.qk_l2_norm,
             vp_stage=vp_stage,
         )
-        spec.layer_specs = [nativize_layer_spec(s) for s in spec.layer_specs]
+        spec.layer_specs = [nativize_layer_spec(s, q_lora=q_lora) for s in spec.layer_specs]
         return spec
     layer = get_gpt_layer_local_spec(
         None,
@@ -36,11 +37,15 @@ def build_native_spec(config: Any, vp_stage: Optional[int] = None) -> Any:
         normalization=cfg.normalization,
         qk_l2_norm=cfg.qk_l2_norm,
     )
-    return nativize_layer_spec(layer)
+    return nativize_layer_spec(layer, q_lora=q_lora)
 
 
-def nativize_layer_spec(layer_spec: Any) -> Any:
-    """A copy of a local TransformerLayer spec with SDPA attention and grouped experts."""
+def nativize_layer_spec(layer_spec: Any, q_lora: bool = True) -> Any:
+    """A copy of a local TransformerLayer spec with SDPA attention and grouped experts.
+
+    MLA without q-LoRA (DeepSeek-V2-Lite) has no query norm: Megatron's local spec still puts
+    one in with --qk-layernorm and 0.19.2 then refuses it, so it becomes IdentityOp here (the
+    kv norm stays)."""
     from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.moe.experts import SequentialMLP
     from megatron.core.transformer.moe.moe_layer import MoELayer
@@ -54,6 +59,16 @@ def nativize_layer_spec(layer_spec: Any) -> Any:
         attn.submodules.core_attention, DotProductAttention
     ):
         attn.submodules = dataclasses.replace(attn.submodules, core_attention=SDPAttention)
+    from megatron.core.transformer.multi_latent_attention import MLASelfAttention
+
+    if attn.module is MLASelfAttention:
+        from .mla import NativeMLASelfAttention
+
+        attn.module = NativeMLASelfAttention
+        if not q_lora:
+            from megatron.core.transformer.identity_op import IdentityOp
+
+            attn.submodules = dataclasses.replace(attn.submodules, q_layernorm=IdentityOp)
     mlp = subs.mlp
     if isinstance(mlp, partial) and mlp.func is MoELayer:
         moe_subs = mlp.keywords["submodules"]
@@ -99,7 +114,7 @@ def _last_layer_spec_any_stage(cfg: Any) -> Any:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_layer_specs
 
     specs = get_gpt_decoder_layer_specs(cfg, use_transformer_engine=False, normalization=cfg.normalization, qk_l2_norm=cfg.qk_l2_norm)
-    return nativize_layer_spec(specs[-1])
+    return nativize_layer_spec(specs[-1], q_lora=getattr(cfg, "q_lora_rank", None) is not None)
 
 
 def check_supported(cfg: Any) -> None:
