@@ -53,20 +53,22 @@ RUNS: dict[str, Run] = {
     # Qwen3-30B-A3B-Proxy, 1 GPU: native vs local, 50 iterations each (loss-curve comparison too)
     "qwen_1gpu_native": Run(Q, 1, dict(NUM_LAYERS=4, MBS=2, GBS=16), "native", 50),
     "qwen_1gpu_local": Run(Q, 1, dict(NUM_LAYERS=4, MBS=2, GBS=16), "local", 50, timeout=300),
-    "qwen_1gpu_native_mbs4": Run(Q, 1, dict(NUM_LAYERS=4, MBS=4, GBS=32), "native", 20),
-    # 4 GPUs, EP=4
+    "qwen_1gpu_native_mbs4": Run(Q, 1, dict(NUM_LAYERS=4, MBS=4, GBS=32), "native", 15),
+    # 4 GPUs, EP=4 (8 layers: first measurement; 4 layers = the proxy's own depth)
     "qwen_4gpu_native": Run(Q, 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 20),
     "qwen_4gpu_local": Run(Q, 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "local", 12, timeout=300),
-    "qwen_4gpu_native_mbs4": Run(Q, 4, dict(NUM_LAYERS=8, EP=4, MBS=4, GBS=128), "native", 15),
+    "qwen_4gpu_l4_native": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=2, GBS=64), "native", 15),
+    "qwen_4gpu_l4_native_mbs4": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=4, GBS=64), "native", 15),
+    "qwen_4gpu_l4_local": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=2, GBS=64), "local", 10),
     # Mixtral family: Mixtral-8x2B with 8 layers
-    "mixtral_1gpu_native": Run(M, 1, dict(NUM_LAYERS=8, MBS=2, GBS=16), "native", 20),
-    "mixtral_1gpu_local": Run(M, 1, dict(NUM_LAYERS=8, MBS=2, GBS=16), "local", 15),
-    "mixtral_4gpu_native": Run(M, 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 20),
-    "mixtral_4gpu_local": Run(M, 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "local", 15),
+    "mixtral_1gpu_native": Run(M, 1, dict(NUM_LAYERS=8, MBS=2, GBS=16), "native", 15),
+    "mixtral_1gpu_local": Run(M, 1, dict(NUM_LAYERS=8, MBS=2, GBS=16), "local", 10),
+    "mixtral_4gpu_native": Run(M, 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 15),
+    "mixtral_4gpu_local": Run(M, 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "local", 10),
     # MLA: DeepSeek-V2-Lite-Proxy on 1 GPU (native only: the local spec cannot build MLA)
-    "dsv2lite_proxy_1gpu_native": Run(D, 1, dict(NUM_LAYERS=4, MBS=2, GBS=16), "native", 20),
+    "dsv2lite_proxy_1gpu_native": Run(D, 1, dict(NUM_LAYERS=4, MBS=2, GBS=16), "native", 15),
     # issue 9 on 4 GPUs: DeepSeek-V2-Lite (27 layers published) with fewer layers, EP=4
-    "dsv2lite_8l_4gpu_native": Run("DeepSeek-V2-Lite", 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 20),
+    "dsv2lite_8l_4gpu_native": Run("DeepSeek-V2-Lite", 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 15),
 }
 
 
@@ -207,6 +209,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_runs"))
     p.add_argument("--budget", type=int, default=540, help="seconds for all runs together")
+    p.add_argument("--bundle", action="store_true", help="pack the logs into logs.tar.gz")
     p.add_argument("runs", nargs="+")
     a = p.parse_args()
     out = Path(a.out)
@@ -233,6 +236,15 @@ def main() -> int:
         print("%-28s %4d %-6s %3s %8s %9s %8s %6s %9s" % (r["name"][:28], r["gpus"], r["backend"], r["rc"],
               f(r.get("iter_time_s"), "%.3f"), f(r.get("tokens_per_s_per_gpu"), "%.0f"), f(r.get("tflops_per_gpu"), "%.1f"),
               f(r.get("mfu"), "%.3f"), f(mx, "%.0f")))
+    if a.bundle:  # the device tool returns at most 8 files: one archive of all logs
+        import tarfile
+
+        logs = sorted(out.glob("*.log"))
+        with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
+            for log in logs:
+                tar.add(log, arcname=log.name)
+        for log in logs:
+            log.unlink()
     return 0
 
 
