@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="legacy format: SequentialMLP (local_experts.{i}.linear_fc1.weight) or grouped (experts.linear_fc1.weight{i})")
     h.add_argument("--make-vocab-size-divisible-by", type=int, default=128, help="as the run's Megatron flag (vocabulary padding)")
     h.add_argument("--spec", default=None, help="module:function returning the layer spec the runs use (default: Megatron's local spec)")
+    h.add_argument("--dist-file-size", default="1GiB",
+                   help="torch_dist: largest data file written (files are held in memory while written; default 1GiB)")
     h.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once the new one is complete)")
     h.set_defaults(func=_hf_to_mcore)
 
@@ -63,7 +65,7 @@ def _hf_to_mcore(a: argparse.Namespace) -> int:
     if a.format == "torch_dist" and (a.target_tp, a.target_pp, a.target_ep) != (1, 1, 1):
         print("note: torch_dist checkpoints load at any TP/PP/EP; --target-* only shape the legacy format")
     report = hf_to_mcore(a.hf_dir, a.out, formats=formats, dtype=a.dtype, layout=layout, expert_layout=a.expert_layout,
-                         spec=a.spec, overwrite=a.overwrite)
+                         spec=a.spec, overwrite=a.overwrite, dist_file_bytes=_size(a.dist_file_size))
     print(report.summary())
     print("Megatron model flags: " + " ".join(report.megatron_flags))
     return 0

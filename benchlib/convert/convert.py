@@ -116,6 +116,7 @@ class _Producer:
     def __call__(self, name: str) -> Any:
         import torch
 
+        memory.trim()  # the previous parameter has been written and dropped
         rule = self.rules.get(name)
         if rule is None:
             raise BenchError(f"Megatron parameter {name} has no Hugging Face source",
@@ -141,7 +142,7 @@ class _Producer:
 
 def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("torch_dist",), dtype: str = "bf16",
                 layout: Layout = Layout(), expert_layout: str = "sequential", spec: str | None = None,
-                overwrite: bool = False) -> Report:
+                overwrite: bool = False, dist_file_bytes: int = 2**30) -> Report:
     import torch
 
     t0 = time.time()
@@ -164,7 +165,8 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
         raise BenchError(f"Megatron parameter {unfilled[0]} has no Hugging Face source ({len(unfilled)} in all)",
                          hint="the converter's mapping does not cover this model configuration; report it")
     report = Report("hf-to-mcore", shape.family, str(out_dir), list(formats), megatron_flags=shape.megatron_flags())
-    memory.reset_peak()
+    memory.trim()
+    memory.reset_peak()  # after imports and the meta-model build: the conversion's own growth
     report.baseline_rss = memory.current_rss_bytes()
     produce = _Producer(reader, rules, shape, expected, _torch_dtype(dtype))
     with _Staging(out_dir, overwrite) as tmp:
@@ -173,7 +175,7 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
             from . import torch_dist
 
             dist_dir = tmp / "torch_dist" if len(formats) > 1 else tmp
-            torch_dist.save(model, dist_dir / f"iter_{ITERATION:07d}", produce, common)
+            torch_dist.save(model, dist_dir / f"iter_{ITERATION:07d}", produce, common, dist_file_bytes)
             (dist_dir / "latest_checkpointed_iteration.txt").write_text(f"{ITERATION}\n")
         if "legacy" in formats:
             leg_dir = tmp / "legacy" if len(formats) > 1 else tmp
@@ -359,8 +361,6 @@ def mcore_to_hf(mcore_dir: Path, out_dir: Path, *, hf_config: Path | None = None
     it_dir = _find_iter_dir(mcore_dir)
     tdt = _torch_dtype(dtype)
     report = Report("mcore-to-hf", shape.family, str(out_dir), ["safetensors"])
-    memory.reset_peak()
-    report.baseline_rss = memory.current_rss_bytes()
     if (it_dir / "metadata.json").is_file():
         from . import torch_dist
         from .mcore_model import build_meta_model
@@ -372,10 +372,14 @@ def mcore_to_hf(mcore_dir: Path, out_dir: Path, *, hf_config: Path | None = None
         src = _LegacyReader(it_dir, shape)
         get = src.get
     shared = mtp_shared_copies(shape)
+    memory.trim()
+    memory.reset_peak()  # after imports and the meta-model build: the conversion's own growth
+    report.baseline_rss = memory.current_rss_bytes()
     with _Staging(out_dir, overwrite) as tmp:
         writer = HFWriter(tmp, max_shard_bytes)
         kept: dict[str, Any] = {}
         for rule in rules:
+            memory.trim()
             t = get(rule.mcore, tdt)
             if rule.mcore in ("embedding.word_embeddings.weight", "output_layer.weight"):
                 t = t[: shape.vocab]

@@ -50,13 +50,9 @@ class HFReader:
         if name not in self.weight_map:
             raise BenchError(f"tensor {name} not found in {self.dir}",
                              hint="the checkpoint does not match its config.json (layer count, experts, MTP layers?)")
-        shard = self.weight_map[name]
-        handle = self._handles.get(shard)
-        if handle is None:
-            # keep only one shard open: an open handle maps the file
-            self._handles.clear()
-            handle = self._handles[shard] = safe_open(str(self.dir / shard), "pt")
-        return handle.get_tensor(name)
+        # open, read one tensor, close: an open handle keeps the shard's pages mapped (and counted in RSS)
+        with safe_open(str(self.dir / self.weight_map[name]), "pt") as handle:
+            return handle.get_tensor(name)
 
     def get(self, name: str) -> Any:
         import torch

@@ -34,3 +34,22 @@ def peak_rss_bytes() -> int:
     if kib is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return kib * 1024
+
+
+_LIBC = None
+
+
+def trim() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim): tensors of many sizes come and go
+    during a conversion and glibc would otherwise keep their freed pages, growing RSS layer by layer."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)

@@ -25,7 +25,44 @@ def _sharded_table(model: Any) -> tuple[dict, dict[str, list]]:
     return sd, table
 
 
-def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[str, Any]) -> None:
+def _bounded_writer(path: str, file_bytes: int) -> Any:
+    """A DCP FileSystemWriter whose data files hold at most ~file_bytes each, in plan order.
+
+    torch's writer keeps every tensor of a file alive until that file is closed, so one file per
+    rank would hold the whole model in memory; bounded files bound the memory.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import filesystem as fs_mod
+
+    class BoundedWriter(dcp.FileSystemWriter):
+        def write_data(self, plan, planner):  # noqa: ANN001, ANN201
+            import queue
+
+            prefix = plan.storage_data.prefix
+            file_queue: queue.Queue = queue.Queue()
+            bucket: list = []
+            size = 0
+
+            def put() -> None:
+                name = f"{prefix}{file_queue.qsize()}{fs_mod.DEFAULT_SUFFIX}"
+                file_queue.put((self.fs.concat_path(self.path, name), name, list(bucket)))
+
+            for item in plan.items:
+                n = fs_mod._item_size(item) if item.type != fs_mod.WriteItemType.BYTE_IO else 0
+                if bucket and size + n > file_bytes:
+                    put()
+                    bucket.clear()
+                    size = 0
+                bucket.append(item)
+                size += n
+            if bucket:
+                put()
+            return self._write_data(planner, file_queue)
+
+    return BoundedWriter(path, single_file_per_rank=True, thread_count=1)
+
+
+def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[str, Any], file_bytes: int = 2**30) -> None:
     """Write `model`'s sharded state dict to out_dir, taking each parameter's data from produce(name)."""
     import torch
     import torch.distributed.checkpoint as dcp
@@ -70,7 +107,7 @@ def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[
             return part.reshape((1,) * prepend + tuple(view.shape)).contiguous()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    writer = dcp.FileSystemWriter(str(out_dir), single_file_per_rank=True, thread_count=1)
+    writer = _bounded_writer(str(out_dir), file_bytes)
     try:
         dcp.save(pyt_sd, storage_writer=writer,
                  planner=LazyPlanner(dedup_replicated_tensors=False, flatten_state_dict=False, flatten_sharded_tensors=False))
