@@ -15,6 +15,9 @@ import pytest
 from benchlib.planning.memory import args_from_record, estimate_from_args
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
+# Whole real H200 logs kept as fixtures (tests/fixtures/logs/README.md: first line = the exact
+# command, `<gpus>_<model>_<backend>_...` names, native = benchlib's spec, local = Megatron's).
+REAL_LOGS = Path(__file__).resolve().parent / "fixtures" / "logs"
 TOLERANCE = 0.15
 
 
@@ -57,3 +60,32 @@ def test_estimate_within_15_percent_of_measured_peak(name: str, record: dict) ->
         f"{name}: estimated {est.peak_allocated / 2**20:.0f} MiB vs measured {measured / 2**20:.0f} MiB "
         f"({error:+.1%})\n{est.table()}"
     )
+
+
+def _real_logs() -> list[Path]:
+    return [p for p in sorted(REAL_LOGS.glob("*.log")) if "max allocated:" in p.read_text(errors="replace")]
+
+
+LOGS = _real_logs()
+
+
+@pytest.mark.skipif(not LOGS, reason="no real GPU logs with memory lines in tests/fixtures/logs/")
+@pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
+def test_estimate_within_15_percent_of_real_logs(log: Path) -> None:
+    """The same check on the raw logs: arguments from the logged command, peak from Megatron's own
+    `max allocated` lines (the largest over ranks and iterations)."""
+    import re
+    import shlex
+
+    text = log.read_text(errors="replace")
+    first = text.splitlines()[0]
+    assert first.startswith("# command: "), "fixture logs start with their command"
+    cmd = shlex.split(first[len("# command: "):])
+    argv = cmd[cmd.index("benchlib.driver") + 1:]
+    gpus = int(re.search(r"--nproc-per-node[= ](\d+)", first).group(1))
+    backend = "native" if "_native_" in log.name else "local" if "_local_" in log.name else None
+    measured = max(float(x) for x in re.findall(r"max allocated: ([\d.]+)", text)) * 1024**2
+    args, backend = args_from_record({"megatron_args": argv, "gpus": gpus, "backend": backend})
+    est = estimate_from_args(args, backend=backend)
+    error = est.peak_allocated / measured - 1
+    assert abs(error) <= TOLERANCE, f"{log.name}: {error:+.1%}\n{est.table()}"
