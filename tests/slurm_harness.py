@@ -23,6 +23,7 @@ signals, dependencies, arrays, cancellation and accounting are Slurm's own.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -121,7 +122,13 @@ class SlurmCluster:
         return subprocess.run(list(args), env={**os.environ, **self.env}, capture_output=True, text=True, check=check, timeout=60)
 
     def sacct(self, job_id: str) -> list[dict[str, str]]:
-        """Job-completion records (`sacct -c`) of a job or array: JobID, JobName, State, ExitCode."""
+        """Job-completion records (`sacct -c`) of a job: JobID, JobName, State, ExitCode.
+
+        An array task `A_T` is looked up in the completion file itself: jobcomp/filetxt records it
+        under its own raw job id with ArrayJobId=A ArrayTaskId=T, fields `sacct -c` cannot read.
+        """
+        if "_" in str(job_id):
+            return self.array_task_records(str(job_id))
         out = self.run("sacct", "-c", "-n", "-P", "-j", str(job_id), "-o", "JobID,JobName,State,ExitCode", check=False).stdout
         rows = []
         for line in out.splitlines():
@@ -130,16 +137,24 @@ class SlurmCluster:
                 rows.append({"JobID": parts[0], "JobName": parts[1], "State": parts[2].split()[0], "ExitCode": parts[3]})
         return rows
 
+    def array_task_records(self, task_id: str) -> list[dict[str, str]]:
+        array_id, task = task_id.split("_", 1)
+        rows = []
+        text = self.jobcomp.read_text(errors="replace") if self.jobcomp.exists() else ""
+        for line in text.splitlines():
+            rec = dict(re.findall(r"(\w+)=(\S*)", line))
+            if rec.get("ArrayJobId") == array_id and rec.get("ArrayTaskId") == task:
+                rows.append({"JobID": task_id, "JobName": rec.get("Name", ""), "State": rec.get("JobState", ""), "ExitCode": rec.get("ExitCode", "")})
+        return rows
+
     def scontrol_job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job -o` as a mapping (JobState, Reason, ExitCode, JobName, StdOut, ...)."""
         res = self.run("scontrol", "show", "job", "-o", str(job_id), check=False)
         fields: dict[str, str] = {}
         line = res.stdout.splitlines()[0] if res.stdout.strip() else ""
-        # Values do not contain spaces except Command/WorkDir/StdOut paths, which come last-ish; split on ' Key='.
-        import re
-
+        # Values may hold spaces (Comment, paths): a field runs until the next ' Key='.
         for m in re.finditer(r"(?:^|\s)([A-Za-z:/]+)=(.*?)(?=\s[A-Za-z:/]+=|$)", line):
-            fields.setdefault(m.group(1), m.group(2))
+            fields.setdefault(m.group(1), m.group(2).rstrip())
         return fields
 
     def wait_finished(self, job_id: str, timeout: float = 120.0) -> dict[str, str]:

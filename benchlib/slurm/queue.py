@@ -49,7 +49,7 @@ def parse_scontrol(line: str) -> dict[str, str]:
     """`scontrol show job -o` output (one line per job) -> field mapping (first occurrence wins)."""
     fields: dict[str, str] = {}
     for m in _SCONTROL_FIELD.finditer(line.strip()):
-        fields.setdefault(m.group(1), m.group(2))
+        fields.setdefault(m.group(1), m.group(2).rstrip())
     return fields
 
 

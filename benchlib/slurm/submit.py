@@ -75,7 +75,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def submit(run: "ResolvedRun", run_dir: Path, script_path: Path | None = None, *, quiet: bool = False) -> SubmitResult:
+def submit(run: "ResolvedRun", run_dir: Path, script_path: Path | None = None, *, quiet: bool = True) -> SubmitResult:
     """`sbatch --parsable` the run's rendered script from its run directory; record and print the job id."""
     run_dir = Path(run_dir)
     if script_path is None:
@@ -99,7 +99,7 @@ def submit(run: "ResolvedRun", run_dir: Path, script_path: Path | None = None, *
     }
     write_record(run_dir, record)
     result = SubmitResult(job_id=job_id, run_dir=run_dir, script_path=script_path, command=cmd)
-    if not quiet:
+    if not quiet:  # benchlib.launch prints the job id and run directory itself
         print(result.summary())
     return result
 
@@ -166,7 +166,7 @@ def submit_array(
     array: str | None = None,
     max_parallel: int | None = None,
     cwd: Path | None = None,
-    quiet: bool = False,
+    quiet: bool = True,
 ) -> SubmitResult:
     """`sbatch --parsable --array=SPEC script`. With run_dirs, task i's job id is recorded in run_dirs[i].
 

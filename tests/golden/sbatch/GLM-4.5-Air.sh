@@ -5,10 +5,10 @@
 #SBATCH --ntasks-per-node=8
 #SBATCH --time=00:20:00
 #SBATCH --output=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16/logs/slurm-%j.out
-#SBATCH --signal=B:TERM@120
 #SBATCH --gpus-per-node=8
 #SBATCH --account=my_account
 #SBATCH --partition=batch
+#SBATCH --signal=B:USR1@120
 #SBATCH --exclusive
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
@@ -16,9 +16,17 @@ set -euo pipefail
 RUN_DIR=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16
 LOG=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
+PYTHON=python3
+MARKER="$RUN_DIR/INCOMPLETE"
 mkdir -p "$RUN_DIR/logs"
-# Present until the training step exits 0: a run cut by the time limit or a crash keeps it.
-echo "job ${SLURM_JOB_ID:-?} started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
+touch "$LOG"
+LOG_START=$(stat -c %s "$LOG")  # a requeued job appends: only what this attempt writes counts
+
+note() { printf '[bench %s] %s\n' "$(date -u +%FT%TZ)" "$*"; }
+mark_incomplete() { printf 'job %s: %s (%s)\n' "${SLURM_JOB_ID:-?}" "$1" "$(date -u +%FT%TZ)" >> "$MARKER"; }
+# The marker stays unless training is seen to finish: a job killed at any point leaves it behind.
+: > "$MARKER"
+mark_incomplete "started; removed when the training step finishes every iteration"
 
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export CUDA_DEVICE_MAX_CONNECTIONS=1
@@ -26,18 +34,50 @@ export NCCL_NVLS_ENABLE=0
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export TORCH_NCCL_AVOID_RECORD_STREAMS=1
+# Rendezvous on the allocation's first node; every task takes its rank from Slurm (below).
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 export MASTER_ADDR
 export MASTER_PORT=29500
 
-# One task per GPU; each task takes its rank from Slurm.
-SRUN_ARGS=(--label --kill-on-bad-exit=1 --mpi=pmix)
-SRUN_ARGS+=(--container-image=/images/megatron-moe-bench.sqsh)
-SRUN_ARGS+=(--container-mounts=@SUITE_ROOT@:@SUITE_ROOT@,/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16:/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16,/lustre:/lustre)
-SRUN_ARGS+=(--container-workdir=@SUITE_ROOT@ --no-container-mount-home)
+# One task per GPU (--ntasks-per-node above), output labelled with the task's rank.
+SRUN_ARGS=(--label --kill-on-bad-exit=1)
+CONTAINER_ARGS=(
+  --container-image=/images/megatron-moe-bench.sqsh
+  --container-mounts=@SUITE_ROOT@:@SUITE_ROOT@,/runs:/runs,/lustre:/lustre
+  --container-workdir=@SUITE_ROOT@
+  --no-container-mount-home
+  --mpi=pmix
+)
 
-set +e
-srun "${SRUN_ARGS[@]}" bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
+# Time-limit warning (--signal=B:USR1 above): ask the training step to stop cleanly with SIGTERM
+# (Megatron's --exit-signal-handler finishes the iteration, saves if --save is set, and exits).
+CUT=""
+STEP_PID=""
+on_time_limit() {
+  CUT="time limit"
+  mark_incomplete "stopped by the time limit (120 s warning before --time=00:20:00)"
+  note "time limit in about 120 s: sending SIGTERM to the training step"
+  scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || { [ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null; } || true
+}
+# SIGTERM to this shell: the job was cancelled, or the limit came before the step stopped.
+on_terminate() {
+  mark_incomplete "terminated by Slurm (cancelled, or killed at the time limit)"
+  note "terminated by Slurm"
+  exit 143
+}
+trap on_time_limit USR1
+trap on_terminate TERM INT
+
+# The step runs in the background so the traps above run while it does (bash runs a trap only
+# after a foreground pipeline ends). A FIFO carries its output to tee: the log gets every line
+# and the status we keep is srun's own, which is training's.
+FIFO="$(mktemp -u "${TMPDIR:-/tmp}/bench-step.XXXXXX")"
+mkfifo "$FIFO"
+tee -a "$LOG" < "$FIFO" &
+TEE_PID=$!
+note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s), master $MASTER_ADDR:$MASTER_PORT, log $LOG"
+srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
+  bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
   python3 -m benchlib.driver \
     --tensor-model-parallel-size 2 \
     --pipeline-model-parallel-size 4 \
@@ -110,13 +150,46 @@ srun "${SRUN_ARGS[@]}" bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCA
     --eval-iters 0 \
     --exit-signal-handler \
     --exit-duration-in-mins 15 \
-  2>&1 | tee -a "$LOG"
-status=${PIPESTATUS[0]}
-set -e
+  > "$FIFO" 2>&1 &
+STEP_PID=$!
+status=0
+while :; do
+  wait "$STEP_PID" && status=0 || status=$?
+  kill -0 "$STEP_PID" 2>/dev/null || break  # still running: a trapped signal woke us up
+done
+wait "$TEE_PID" || true
+rm -f "$FIFO"
+trap '' USR1
 
-if [ "$status" -eq 0 ]; then
-  rm -f "$RUN_DIR/INCOMPLETE"
+# Verdict. Megatron exits 0 also when it stops early (signal, --exit-duration-in-mins): its
+# "exiting program after ..." line in this attempt's log says so.
+if [ -n "$CUT" ]; then
+  note "training step stopped at the time limit (exit status $status)"
+elif [ "$status" -ne 0 ]; then
+  mark_incomplete "training step failed with exit status $status"
+elif tail -c +$((LOG_START + 1)) "$LOG" | grep "exiting program after" >/dev/null; then
+  CUT="early exit"
+  mark_incomplete "training stopped before its last iteration (see 'exiting program after' in the log)"
+else
+  rm -f "$MARKER"
 fi
-# Parse the log into result.json beside it (does not change the job's exit status).
-python3 -m benchlib collect "$RUN_DIR" || true
+
+# result.json from the log (benchlib.metrics). Best effort: never changes the job's exit status;
+# a step without iteration lines (ENTRY=command/validate) simply gets no result.
+note "collecting $RUN_DIR/result.json"
+if srun --nodes=1 --ntasks=1 "${CONTAINER_ARGS[@]}" "$PYTHON" -m benchlib collect "$RUN_DIR"; then
+  note "result written"
+else
+  note "collect reported an unfinished or unparsable run (see above); the job's status stays training's"
+fi
+
+if [ "$CUT" = "time limit" ]; then
+  # Stay until the limit so accounting records TIMEOUT (about the 120 s warning; Slurm may
+  # send the warning up to a minute early).
+  note "waiting for the time limit so Slurm records this job as TIMEOUT"
+  while :; do sleep 1 & wait $! || true; done
+fi
+if [ "$status" -eq 0 ] && [ -n "$CUT" ]; then
+  status=1  # stopped early on its own: not a finished run
+fi
 exit "$status"
