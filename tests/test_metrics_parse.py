@@ -317,3 +317,8 @@ def test_parse_runs_without_torch_or_megatron(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["tflops_per_gpu_recomputed"] > 0
+
+
+def test_strip_torch_rank_prefix():
+    assert strip_prefix("[rank0]: ValueError: boom") == "ValueError: boom"
+    assert strip_prefix(" 3: [rank3]: Traceback (most recent call last):") == "Traceback (most recent call last):"

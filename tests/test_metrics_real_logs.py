@@ -59,3 +59,41 @@ def test_real_log_recomputed_tflops_equal_megatron_within_half_a_percent(log):
             # both printed to 0.1: allow the rounding of either
             assert abs(mine - r.tflops_reported) <= 0.005 * r.tflops_reported + 0.1, r.line
     assert 0 < result.mfu < 1
+
+
+def _expected_status(log: Path) -> str:
+    # the folder's README: `failed-*` logs are real failures kept on purpose, the others ran to the end
+    return "crashed" if "failed" in log.name else "completed"
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
+def test_real_log_status_and_exit_code(log, capsys):
+    from benchlib.cli import main
+
+    rc = main(["parse", str(log), "--gpu", "H200"])
+    text = capsys.readouterr().out
+    status = _expected_status(log)
+    assert f"status                  {status}:" in text
+    assert (rc == 0) == (status == "completed")
+    if status == "crashed":
+        # the evidence is the exception that ended it (torch prefixes error lines with [rank0]:), not torchrun's summary
+        result = summarize(parse_log([log]), "H200")
+        assert result.status_evidence.startswith(("ValueError", "RuntimeError", "AssertionError", "TypeError", "torch.")), result.status_evidence
+        assert "ChildFailedError" not in result.status_evidence
+
+
+@pytest.mark.parametrize("log", [p for p in LOGS if "failed" not in p.name], ids=lambda p: p.name)
+def test_real_log_steady_window_follows_the_documented_rule(log):
+    """log interval 1 in these runs: drop iteration 1, 2 and every iteration <= max(3, ceil(10% of N))."""
+    import math
+
+    iters = [i for i, _ in _plain_reading(log)]
+    n = iters[-1] - iters[0] + 1
+    skip = max(3, math.ceil(0.1 * n))
+    expected = [i for i in iters[2:] if i > skip]
+    result = summarize(parse_log([log]), "H200")
+    assert result.steady_window["iterations"] == expected
+    times = dict(_plain_reading(log))
+    import statistics
+
+    assert result.iteration_time_ms["median"] == pytest.approx(statistics.median(times[i] for i in expected))

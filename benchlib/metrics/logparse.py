@@ -69,8 +69,8 @@ ANCHORS: tuple[bytes, ...] = (
     b"Unexpected result",  # Megatron's rerun state machine (NaN/Inf)
 )
 
-# Line prefixes: `srun -l` label, then optionally torchrun's `[defaultN]:`.
-_PREFIX = re.compile(r"^\s*(?:(\d+): ?)?(?:\[default(\d+)\]:)?")
+# Line prefixes: `srun -l` label, torchrun's `[defaultN]:`, torch's `[rankN]: ` on errors.
+_PREFIX = re.compile(r"^\s*(?:(\d+): ?)?(?:\[default(\d+)\]:)?(?:\[rank\d+\]: ?)?")
 _TS = re.compile(r"(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)(\.\d+)?")
 _GLOG_TS = re.compile(r"\[[WEIF](\d\d)(\d\d) (\d\d:\d\d:\d\d)(\.\d+)?")  # torch/NCCL C++ warnings
 _ITER = re.compile(r"iteration\s+(\d+)\s*/\s*(\d+)")
@@ -80,7 +80,7 @@ _THEO = re.compile(r"weight and optimizer=([\d.]+) MB, activation=([\d.]+) MB, t
 _PADDED = re.compile(r"new size: (\d+)")
 # `  name ..... value`; names of 48+ characters get no dots: `  name  value`.
 _ARG = re.compile(r"^\s*([A-Za-z_]\w*) \.*(?: (.*?))?\s*$")
-_EXC = re.compile(rb"\n(?:[ \t]*\d+: ?)?(?:\[default\d+\]:)?((?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*"
+_EXC = re.compile(rb"\n(?:[ \t]*\d+: ?)?(?:\[default\d+\]:)?(?:\[rank\d+\]: ?)?((?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*"
                   rb"(?:Error|Exception|Interrupt|Exit)\b[^\n]*)")
 _EXIT_CODE = re.compile(r"(?:exit code|exitcode\s*:)\s*(-?\d+)")
 
