@@ -97,3 +97,22 @@ def test_real_log_steady_window_follows_the_documented_rule(log):
     import statistics
 
     assert result.iteration_time_ms["median"] == pytest.approx(statistics.median(times[i] for i in expected))
+
+
+def test_compare_two_real_runs(tmp_path, capsys):
+    """Local spec vs torch-native spec, same model and layout on 4 x H200."""
+    from benchlib.cli import main
+
+    a = [p for p in LOGS if "x4" in p.name and "_local_" in p.name]
+    b = [p for p in LOGS if "x4" in p.name and "_native_" in p.name]
+    if not (a and b):
+        pytest.skip("needs the 4-GPU local and native logs")
+    assert main(["compare", str(a[0]), str(b[0]), "--gpu", "H200", "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "config: spec" in text  # the one architectural difference between the two runs
+    header = next(line for line in text.splitlines() if line.strip().startswith("1:"))
+    assert "1:local" in header and "2:native" in header  # labels tell the runs apart
+    ra, rb = (summarize(parse_log([p]), "H200") for p in (a[0], b[0]))
+    delta = (rb.tokens_per_s_per_gpu / ra.tokens_per_s_per_gpu - 1) * 100
+    assert f"({delta:+.1f}%)" in text
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000 and (tmp_path / "cmp.csv").is_file()

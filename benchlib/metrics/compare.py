@@ -134,10 +134,19 @@ def plot_runs(path: Path, results: list[RunResult], labels: list[str]) -> Path:
 
 
 def _labels(results: list[RunResult], names: list[str]) -> list[str]:
+    """Short labels: the model name, else the file/dir name without the part all runs share."""
+    import os
+    import re
+
+    stems = [Path(n).stem if Path(n).suffix else (Path(n).name or n) for n in names]
+    common = os.path.commonprefix(stems) if len(stems) > 1 else ""
+    cut = max((m.end() for m in re.finditer(r"[_\-./]", common)), default=0)
     labels = []
-    for i, (r, n) in enumerate(zip(results, names)):
-        base = Path(n).name or n
-        labels.append(f"{i + 1}:{r.model or base}")
+    for i, (r, stem) in enumerate(zip(results, stems)):
+        name = stem[cut:] or stem
+        if r.model and len({x.model for x in results}) > 1:
+            name = r.model
+        labels.append(f"{i + 1}:{name if len(name) <= 32 else name[:31] + '~'}")
     return labels
 
 
