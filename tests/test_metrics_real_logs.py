@@ -110,7 +110,7 @@ def test_compare_two_real_runs(tmp_path, capsys):
     assert main(["compare", str(a[0]), str(b[0]), "--gpu", "H200", "--out", str(tmp_path / "cmp")]) == 0
     text = capsys.readouterr().out
     assert "config: spec" in text  # the one architectural difference between the two runs
-    header = next(line for line in text.splitlines() if line.strip().startswith("1:"))
+    header = next(line for line in text.splitlines() if line.startswith(" ") and "1:" in line and "2:" in line)
     assert "1:local" in header and "2:native" in header  # labels tell the runs apart
     ra, rb = (summarize(parse_log([p]), "H200") for p in (a[0], b[0]))
     delta = (rb.tokens_per_s_per_gpu / ra.tokens_per_s_per_gpu - 1) * 100
