@@ -413,5 +413,7 @@ def print_plan(result: PlanResult, top: int, out: TextIO) -> None:
     if d is not None and not any(c.is_default for c in shown):
         out.write(f"{d.rank:>4}  {d.iteration_s:>11.2f}  {d.tokens_per_s_per_gpu:>9.0f}  {d.mfu:>5.1%}  {d.memory_gib:>7.1f}  "
                   f"{d.layout_str()}  |  {d.reason()}  <- shipped default\n")
+    if not r.ranked:
+        out.write(f"no layout fits {r.nodes} node(s) of {r.gpu}: try more --nodes, a shorter --seq-len or a smaller --gbs\n")
     out.write(r.default_note + "\n")
     out.write("Estimates from the cost model in docs/planning.md: rank by them, then measure (`benchlib sweep`).\n")
