@@ -173,3 +173,14 @@ def test_push_never_writes_or_prints_the_key(tmp_path, monkeypatch, capsys):
     for root, _, names in os.walk(tmp_path / "wb"):
         for n in names:
             assert secret.encode() not in (Path(root) / n).read_bytes(), n
+
+
+def test_a_loaded_result_with_nan_loss_formats_and_compares(tmp_path):
+    from benchlib.metrics import format_summary
+
+    path = write_result(_result("nan.log"), tmp_path / "r.json")
+    back = load_result(path)
+    assert back.loss["last"] != back.loss["last"]  # NaN again, not the string
+    assert "nan (it 40)" in format_summary(back)
+    text, _, _ = compare_results([back, _result("completed_srun.log")], ["a", "b"], tmp_path / "c", plot=True)
+    assert "loss last" in text

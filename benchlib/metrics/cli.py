@@ -104,7 +104,8 @@ def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = Non
 
 def cmd_parse(args: argparse.Namespace) -> int:
     from .logparse import parse_log
-    from .result import format_summary, summarize, write_result
+    from .result import summarize, write_result
+    from .summary_text import format_summary
 
     ok = {s.strip() for s in args.ok.split(",") if s.strip()}
     bad = ok - set(STATUSES)

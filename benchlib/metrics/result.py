@@ -16,23 +16,11 @@ from ..errors import BenchError
 from . import flops as flops_mod
 from .logparse import ParsedLog
 from .peaks import PeakSpec, normalize_gpu, peak_tflops
+from .runconfig import layout_of, precision_of, split_config
 from .status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, RunStatus, determine_status
-from .steady import SteadyWindow, TimeStats, select_window, time_stats
+from .steady import TimeStats, select_window, time_stats
 
 SCHEMA_VERSION = 1
-
-LAYOUT_KEYS = {
-    "tp": "tensor_model_parallel_size",
-    "pp": "pipeline_model_parallel_size",
-    "vpp": "virtual_pipeline_model_parallel_size",
-    "cp": "context_parallel_size",
-    "ep": "expert_model_parallel_size",
-    "etp": "expert_tensor_parallel_size",
-    "mbs": "micro_batch_size",
-    "gbs": "global_batch_size",
-    "seq": "seq_length",
-}
-
 
 @dataclass
 class RunResult:
@@ -74,7 +62,21 @@ class RunResult:
             raise BenchError(f"result JSON has schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}",
                              hint="re-run `benchlib parse` on the run's log to regenerate it")
         names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: _from_json_safe(v) for k, v in data.items() if k in names})
+
+
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _from_json_safe(value: Any) -> Any:
+    """Inverse of _json_safe: the strings "nan", "inf", "-inf" back to floats."""
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    if isinstance(value, dict):
+        return {k: _from_json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json_safe(v) for v in value]
+    return value
 
 
 def _json_safe(value: Any) -> Any:
@@ -86,74 +88,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
-
-
-def precision_of(cfg: dict[str, Any]) -> str:
-    fp8 = cfg.get("fp8")
-    if fp8 not in (None, False, "None"):
-        return "fp8"
-    if cfg.get("fp4") not in (None, False, "None"):
-        return "fp4"
-    if cfg.get("bf16") is True:
-        return "bf16"
-    if cfg.get("fp16") is True:
-        return "fp16"
-    return "fp32" if cfg else "bf16"
-
-
-def layout_of(cfg: dict[str, Any], world_size: int | None) -> tuple[dict[str, int | None], str]:
-    layout: dict[str, int | None] = {}
-    for short, key in LAYOUT_KEYS.items():
-        v = cfg.get(key)
-        layout[short] = int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-    tp, pp, cp = (layout[k] or 1 for k in ("tp", "pp", "cp"))
-    layout["dp"] = world_size // (tp * pp * cp) if world_size else None
-    name = "-".join(f"{k.upper()}{layout[k]}" for k in ("tp", "pp", "vpp", "cp", "ep", "etp", "dp", "mbs", "gbs")
-                    if layout.get(k) is not None)
-    return layout, name
-
-
-def args_to_dict(argv: list[str]) -> dict[str, Any]:
-    """A Megatron argument list (`--num-layers 4 --swiglu ...`) as argument names -> typed values."""
-    from .logparse import parse_arg_value
-
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        i += 1
-        if not tok.startswith("--"):
-            continue
-        name = tok[2:].replace("-", "_")
-        values = []
-        while i < len(argv) and not argv[i].startswith("--"):
-            values.append(argv[i])
-            i += 1
-        if not values:
-            if name.startswith("no_"):
-                out[name[3:]] = False
-            out[name] = True
-        elif len(values) == 1:
-            out[name] = parse_arg_value(values[0])
-        else:
-            out[name] = [parse_arg_value(v) for v in values]
-    return out
-
-
-def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(run metadata, Megatron argument dict) from a plain argument dict or a resolved.json."""
-    meta: dict[str, Any] = {}
-    if "megatron_args" in config and isinstance(config["megatron_args"], list):  # resolved.json
-        args = args_to_dict([str(a) for a in config["megatron_args"]])
-        cluster = config.get("cluster_config") or {}
-        meta = {"model": config.get("model"), "gpu_type": cluster.get("GPU_TYPE"), "world_size": config.get("world_size"),
-                "cluster": config.get("cluster"), "job_name": config.get("job_name"), "run_dir": config.get("run_dir")}
-        return meta, args
-    args = dict(config)
-    for key in ("model", "model_name", "gpu_type", "cluster", "job_name", "run_dir"):
-        if key in args and not isinstance(args[key], (dict, list)):
-            meta[key.replace("model_name", "model")] = args.pop(key)
-    return meta, args
 
 
 def _median(values: list[float]) -> float | None:
@@ -301,34 +235,3 @@ def load_result(path: Path | str) -> RunResult:
     except (OSError, json.JSONDecodeError) as err:
         raise BenchError(f"cannot read result JSON {path}: {err}", hint="re-run `benchlib parse` to regenerate it") from None
     return RunResult.from_json(data)
-
-
-def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
-
-
-def format_summary(result: RunResult) -> str:
-    """A short human table."""
-    st = result.iteration_time_ms or {}
-    rows = [
-        ("model", result.model or "-"),
-        ("GPUs", f"{result.num_gpus or '-'} x {result.gpu_type or '?'}  ({result.precision}, {result.layout_name or '-'})"),
-        ("steady window", result.steady_window.get("description", "")),
-        ("iteration time (ms)", "-" if not st else
-         f"median {st['median']:.1f}  mean {st['mean']:.1f}  p10 {st['p10']:.1f}  p90 {st['p90']:.1f}  cv {st['cv'] * 100:.1f}%"),
-        ("tokens/s/GPU", _fmt(result.tokens_per_s_per_gpu, ",.0f")),
-        ("TFLOP/s/GPU (Megatron)", _fmt(result.tflops_per_gpu_reported)),
-        ("TFLOP/s/GPU (benchlib)", _fmt(result.tflops_per_gpu_recomputed)
-         + ("" if result.recomputed_vs_reported_pct is None else f"  ({result.recomputed_vs_reported_pct:+.2f}% vs Megatron)")),
-        ("MFU", "-" if result.mfu is None else f"{result.mfu * 100:.1f}% of {result.peak['tflops']:g} TFLOP/s ({result.peak['precision']})"),
-        ("peak memory (MB)", "-" if result.peak_memory_mb.get("max_allocated") is None else
-         f"max allocated {result.peak_memory_mb['max_allocated']:.0f}, max reserved {result.peak_memory_mb['max_reserved']:.0f}"
-         f" (over {len(result.peak_memory_mb['per_rank'])} rank(s))"),
-        ("loss", "-" if result.loss.get("first") is None else
-         f"{result.loss['first']:.4f} (it {result.loss['first_iteration']}) -> {result.loss['last']:.4f} (it {result.loss['last_iteration']})"),
-        ("status", f"{result.status}: {result.status_evidence}" + (f"  [{result.status_detail}]" if result.status_detail else "")),
-    ]
-    width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines += [f"warning: {w}" for w in result.warnings]
-    return "\n".join(lines)
