@@ -19,10 +19,13 @@ def init_single_process(tp: int = 1, pp: int = 1, ep: int = 1) -> None:
     from megatron.core import parallel_state
 
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        import socket
+
+        with socket.socket() as sock:  # a free port; never the environment's MASTER_PORT (children inherit it)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, world_size=1, rank=0)
+        dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{port}", world_size=1, rank=0)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, expert_model_parallel_size=ep
