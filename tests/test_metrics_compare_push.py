@@ -138,6 +138,14 @@ def test_push_writes_an_offline_run_with_the_result_numbers(tmp_path, monkeypatc
     assert "offline WandB run" in out and "wandb sync" in out
     files = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
+    # wandb's own `sync` recognises the folder as a run it would upload
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(files[0].parent)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert dry.returncode == 0 and files[0].name in dry.stdout + dry.stderr, dry.stdout + dry.stderr
     records = read_wandb_records(files[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.run_group == "Small-MoE"
