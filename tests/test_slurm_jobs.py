@@ -98,7 +98,8 @@ def test_success_ranks_and_rendezvous_from_slurm(slurm_cluster: SlurmCluster) ->
     # Per-job output inside the run directory (%j expanded), not one shared log.
     assert (run_dir / "logs" / f"slurm-{job_id}.out").is_file()
     info = slurm_cluster.scontrol_job(job_id)
-    assert info["JobName"] == f"{MODEL}-TP1PP1EP1-bf16-ok"
+    job_name = json.loads((run_dir / "resolved.json").read_text())["job_name"]
+    assert info["JobName"] == job_name and job_name.startswith(f"{MODEL}-TP") and job_name.endswith("-ok")
     assert info["StdOut"] == str(run_dir / "logs" / f"slurm-{job_id}.out")
 
 
@@ -189,7 +190,8 @@ def test_stop_by_job_id_and_by_model(slurm_cluster: SlurmCluster) -> None:
     c, _ = launch(slurm_cluster, ENTRY="command", ENTRY_COMMAND="sleep 600", COMMENT="bystander")
     res = bench(slurm_cluster, "stop", "--model", other)
     assert res.returncode == 0, res.stderr
-    assert {a, b} <= set(re.findall(r"cancelled job (\d+)", res.stdout)) and c not in res.stdout
+    cancelled = set(re.findall(r"cancelled job (\d+)", res.stdout))
+    assert {a, b} <= cancelled and c not in cancelled, res.stdout
     assert slurm_cluster.wait_finished(a)["State"] == "CANCELLED"
     assert slurm_cluster.wait_finished(b)["State"] == "CANCELLED"
     assert slurm_cluster.scontrol_job(c)["JobState"] in ("PENDING", "RUNNING"), "another model's job is left alone"
@@ -283,7 +285,7 @@ def test_pyxis_refused_when_srun_lacks_it(slurm_cluster: SlurmCluster) -> None:
     assert res.returncode != 0
     assert "--container-image" in res.stderr and "CONTAINER_RUNTIME=none" in res.stderr, res.stderr
     queued = slurm_cluster.run("squeue", "-h", "-o", "%j").stdout.split()
-    assert f"{MODEL}-TP1PP1EP1-bf16-pyxis" not in queued
+    assert not [name for name in queued if name.endswith("-pyxis")], queued
 
 
 def test_time_limit_ends_timeout_with_marker(slurm_cluster: SlurmCluster, timeout_job) -> None:
