@@ -148,6 +148,8 @@ srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
     --decoder-first-pipeline-num-layers 2 \
     --decoder-last-pipeline-num-layers 2 \
     --num-virtual-stages-per-pipeline-rank 2 \
+    --recompute-granularity selective \
+    --recompute-modules mla_up_proj moe layernorm \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

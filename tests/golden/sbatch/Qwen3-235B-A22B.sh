@@ -136,6 +136,8 @@ srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
     --decoder-first-pipeline-num-layers 12 \
     --decoder-last-pipeline-num-layers 10 \
     --num-virtual-stages-per-pipeline-rank 2 \
+    --recompute-granularity selective \
+    --recompute-modules moe_act layernorm \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \
