@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="legacy format: SequentialMLP (local_experts.{i}.linear_fc1.weight) or grouped (experts.linear_fc1.weight{i})")
     h.add_argument("--make-vocab-size-divisible-by", type=int, default=128, help="as the run's Megatron flag (vocabulary padding)")
     h.add_argument("--spec", default=None, help="module:function returning the layer spec the runs use (default: Megatron's local spec)")
+    h.add_argument("--family", default=None, help="refuse a checkpoint of another family (used by ckpt_convert_scripts/<Family>/)")
     h.add_argument("--dist-file-size", default="1GiB",
                    help="torch_dist: largest data file written (files are held in memory while written; default 1GiB)")
     h.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once the new one is complete)")
@@ -59,6 +60,8 @@ def _hf_to_mcore(a: argparse.Namespace) -> int:
     for flag in ("target_tp", "target_pp", "target_ep"):
         if getattr(a, flag) < 1:
             raise BenchError(f"--{flag.replace('_', '-')} must be >= 1")
+    if a.family:
+        _check_family(a.hf_dir, a.family)
     formats = ("torch_dist", "legacy") if a.format == "both" else (a.format,)
     layout = Layout(a.target_tp, a.target_pp, a.target_ep, a.target_first_stage_layers, a.target_last_stage_layers,
                     a.make_vocab_size_divisible_by)
@@ -78,3 +81,15 @@ def _mcore_to_hf(a: argparse.Namespace) -> int:
                          spec=a.spec, overwrite=a.overwrite)
     print(report.summary())
     return 0
+
+
+def _check_family(hf_dir: Path, family: str) -> None:
+    from .families import FAMILIES, read_config, shape_from_config
+
+    known = sorted(set(FAMILIES.values()))
+    if family not in known:
+        raise BenchError(f"unknown --family {family!r}", hint=f"one of {', '.join(known)}")
+    got = shape_from_config(read_config(hf_dir)).family
+    if got != family:
+        raise BenchError(f"{hf_dir} holds a {got} checkpoint, not {family}",
+                         hint=f"use ckpt_convert_scripts/{got}/ (or benchlib convert without --family)")
