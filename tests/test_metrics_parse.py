@@ -39,7 +39,8 @@ def test_steady_window_and_time_statistics_of_a_completed_run():
     r = result_of("completed_srun.log")
     assert r.status == "completed"
     assert r.steady_window["iterations"] == [20, 30, 40, 50, 70, 80, 90, 100]
-    assert r.steady_window["dropped"] == {"first_line": [1], "first_interval": [10], "warmup": [], "eval_or_save": [60]}
+    assert r.steady_window["dropped"] == {"first_line": [1], "first_interval": [10], "warmup": [], "eval_or_save": [60],
+                                          "other_config": []}
     st = r.iteration_time_ms
     assert st["median"] == pytest.approx((660.0 + 660.5) / 2)  # middle two of the sorted eight
     assert st["mean"] == pytest.approx(5283.0 / 8)
@@ -322,3 +323,19 @@ def test_parse_runs_without_torch_or_megatron(tmp_path):
 def test_strip_torch_rank_prefix():
     assert strip_prefix("[rank0]: ValueError: boom") == "ValueError: boom"
     assert strip_prefix(" 3: [rank3]: Traceback (most recent call last):") == "Traceback (most recent call last):"
+
+
+def test_a_restart_with_another_layout_is_not_pooled(tmp_path):
+    """Launch 2 of restart.log rewritten to micro batch 2: launch 1's lines leave the window."""
+    text = (FIX / "restart.log").read_text()
+    cut = text.index("[exiting program after receiving SIGTERM.]")
+    second = text[cut:].replace("micro_batch_size ................................ 1",
+                                "micro_batch_size ................................ 2")
+    assert second != text[cut:]
+    log = tmp_path / "restart_mbs2.log"
+    log.write_text(text[:cut] + second)
+    r = summarize(parse_log([log]), "H200")
+    assert r.steady_window["dropped"]["other_config"] == [1, 10, 20, 30, 40, 50, 60]
+    assert r.steady_window["iterations"] == [70, 80, 90, 100]
+    assert r.iteration_time_ms["median"] == pytest.approx((640.0 + 641.0) / 2)
+    assert any("another configuration" in w for w in r.warnings)

@@ -136,6 +136,7 @@ class ParsedLog:
     memory: list[MemoryRecord]
     events: list[Event]
     config: dict[str, Any]  # argument dump of the last segment that had one
+    segment_configs: dict[int, dict[str, Any]]  # launch segment -> its argument dump
     segments: int  # number of launches seen (restarts + 1)
     theoretical_memory_mb: dict[str, float] | None
     last_timestamp: float | None  # latest timestamp anywhere near the end of the last file
@@ -260,6 +261,7 @@ class _Reader:
         self.memory: list[MemoryRecord] = []
         self.events: list[Event] = []
         self.configs: list[dict[str, Any]] = []
+        self.segment_configs: dict[int, dict[str, Any]] = {}
         self.theoretical: dict[str, float] | None = None
         self.segment = 0
         self.segment_has_iterations = False
@@ -282,6 +284,7 @@ class _Reader:
         body = strip_prefix(line)
         if "- end of arguments -" in body:
             self.configs.append(self.in_args or {})
+            self.segment_configs[self.segment] = self.configs[-1]
             self.in_args = None
             return False
         m = _ARG.match(body)
@@ -441,6 +444,7 @@ def parse_log(paths: list[Path] | list[str], *, chunk_bytes: int = CHUNK_BYTES) 
                 pos = cut
         if reader.in_args is not None:  # dump cut off by the end of the file
             reader.configs.append(reader.in_args)
+            reader.segment_configs[reader.segment] = reader.in_args
             reader.in_args = None
     year = None
     for rec in reversed(reader.iterations):
@@ -455,6 +459,7 @@ def parse_log(paths: list[Path] | list[str], *, chunk_bytes: int = CHUNK_BYTES) 
         memory=reader.memory,
         events=reader.events,
         config=reader.configs[-1] if reader.configs else {},
+        segment_configs=reader.segment_configs,
         segments=reader.segment + 1,
         theoretical_memory_mb=reader.theoretical,
         last_timestamp=last_ts,

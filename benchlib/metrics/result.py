@@ -95,6 +95,28 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+# Arguments that change what an iteration costs: launches that differ in one are not pooled.
+SPEED_KEYS = (
+    "world_size", "tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
+    "context_parallel_size", "expert_model_parallel_size", "expert_tensor_parallel_size", "micro_batch_size",
+    "global_batch_size", "seq_length", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+    "num_query_groups", "num_experts", "moe_router_topk", "moe_ffn_hidden_size", "moe_layer_freq",
+    "moe_shared_expert_intermediate_size", "multi_latent_attention", "mtp_num_layers", "padded_vocab_size", "bf16",
+    "fp16", "fp8", "fp8_recipe", "transformer_impl", "spec", "recompute_granularity", "recompute_method",
+    "recompute_num_layers", "moe_token_dispatcher_type", "moe_grouped_gemm", "sequence_parallel",
+    "overlap_grad_reduce", "overlap_param_gather", "use_distributed_optimizer",
+)
+
+
+def other_config_segments(parsed: ParsedLog) -> set[int]:
+    """Launch segments whose argument dump differs from the last dump in a SPEED_KEYS entry."""
+    if not parsed.segment_configs:
+        return set()
+    last = parsed.config
+    return {seg for seg, cfg in parsed.segment_configs.items()
+            if any(cfg.get(k) != last.get(k) for k in SPEED_KEYS)}
+
+
 def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int | None = None,
               config: dict | None = None, skip: int | None = None, model: str | None = None,
               hang_factor: float = DEFAULT_HANG_FACTOR, hang_min_s: float = DEFAULT_HANG_MIN_S,
@@ -110,7 +132,10 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
     gpu = normalize_gpu(gpu_type) if gpu_type else None
     model = model or meta.get("model")
 
-    window_recs, window = select_window(parsed.iterations, skip)
+    other = other_config_segments(parsed)
+    if other:
+        warnings.append(f"launch(es) {sorted(other)} ran another configuration than the last one: left out of the steady window")
+    window_recs, window = select_window(parsed.iterations, skip, exclude_segments=other)
     if window.fallback:
         warnings.append("steady window rules left no iteration line; statistics include warm-up")
     times = [r.elapsed_ms for r in window_recs]

@@ -5,7 +5,9 @@ Rules (per launch segment, so a restart warms up again):
 2. the first interval after it is dropped (it still averages in warm-up iterations);
 3. every interval that overlaps the first `skip` iterations of the segment is dropped;
    default skip = max(3, 10% of the iterations the segment logged);
-4. every interval with a validation or checkpoint-save line inside it is dropped.
+4. every interval with a validation or checkpoint-save line inside it is dropped;
+5. launches whose argument dump differs from the last launch's in a key that changes speed
+   (layout, batch, shape, precision, implementation) are left out entirely.
 Each kept line is Megatron's average over its interval; statistics are over those lines.
 """
 from __future__ import annotations
@@ -49,14 +51,20 @@ def default_skip(logged_iterations: int) -> int:
     return max(DEFAULT_MIN_SKIP, math.ceil(DEFAULT_SKIP_FRACTION * logged_iterations))
 
 
-def select_window(records: list[IterationRecord], skip: int | None = None) -> tuple[list[IterationRecord], SteadyWindow]:
+def select_window(records: list[IterationRecord], skip: int | None = None, *,
+                  exclude_segments: set[int] | frozenset[int] = frozenset()) -> tuple[list[IterationRecord], SteadyWindow]:
+    """`exclude_segments`: launches that ran another configuration than the last one (their lines go to `other_config`)."""
     kept: list[IterationRecord] = []
-    dropped: dict[str, list[int]] = {"first_line": [], "first_interval": [], "warmup": [], "eval_or_save": []}
+    dropped: dict[str, list[int]] = {"first_line": [], "first_interval": [], "warmup": [], "eval_or_save": [],
+                                     "other_config": []}
     skips: list[int] = []
     not_first: list[IterationRecord] = []
     segments = sorted({r.segment for r in records})
     for seg in segments:
         recs = [r for r in records if r.segment == seg]
+        if seg in exclude_segments:
+            dropped["other_config"].extend(r.iteration for r in recs)
+            continue
         # The first line of a launch is iteration start+1; what came before it was done earlier.
         seg_start = recs[0].iteration
         seg_skip = default_skip(recs[-1].iteration - seg_start + 1) if skip is None else skip
