@@ -339,3 +339,17 @@ def test_a_restart_with_another_layout_is_not_pooled(tmp_path):
     assert r.steady_window["iterations"] == [70, 80, 90, 100]
     assert r.iteration_time_ms["median"] == pytest.approx((640.0 + 641.0) / 2)
     assert any("another configuration" in w for w in r.warnings)
+
+
+def test_percentiles_match_numpy():
+    import random
+
+    import numpy as np
+
+    from benchlib.metrics.steady import percentile
+
+    rng = random.Random(7)
+    for n in (1, 2, 5, 17, 100):
+        values = [rng.uniform(500, 900) for _ in range(n)]
+        for q in (10, 50, 90):
+            assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
