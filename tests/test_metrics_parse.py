@@ -9,6 +9,7 @@ which the expected figures below are derived by hand.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import statistics
@@ -353,3 +354,21 @@ def test_percentiles_match_numpy():
         values = [rng.uniform(500, 900) for _ in range(n)]
         for q in (10, 50, 90):
             assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_energy_fields_when_logged(tmp_path):
+    """--log-energy adds two fields after the throughput; medians over the window are recorded."""
+    text = (FIX / "completed_srun.log").read_text()
+    lines = []
+    for line in text.splitlines():
+        m = re.search(r"iteration\s+(\d+)/", line)
+        if m and "elapsed time per iteration" in line:
+            it = int(m.group(1))
+            line = line.replace(" learning rate:", f" energy per GPU (J/iter/GPU): {400 + it:.1f} | power per GPU (W/GPU): {600 + it:.1f} | learning rate:")
+        lines.append(line)
+    log = tmp_path / "energy.log"
+    log.write_text("\n".join(lines) + "\n")
+    r = summarize(parse_log([log]), "H200")
+    # window 20, 30, 40, 50, 70, 80, 90, 100 -> medians (450 + 470) / 2 and (650 + 670) / 2
+    assert r.energy == {"joules_per_iteration_per_gpu": 460.0, "watts_per_gpu": 660.0}
+    assert result_of("completed_srun.log").energy is None

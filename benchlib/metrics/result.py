@@ -21,6 +21,8 @@ from .status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, RunStatus, determin
 from .steady import TimeStats, select_window, time_stats
 
 SCHEMA_VERSION = 1
+ENERGY_KEY = "energy per GPU (J/iter/GPU)"
+POWER_KEY = "power per GPU (W/GPU)"
 
 @dataclass
 class RunResult:
@@ -46,6 +48,7 @@ class RunResult:
     peak: dict[str, Any] | None
     peak_memory_mb: dict[str, Any]
     theoretical_memory_mb: dict[str, float] | None
+    energy: dict[str, float] | None  # --log-energy: medians over the window of J/iter/GPU and W/GPU
     loss: dict[str, Any]
     segments: int
     series: list[dict[str, Any]]
@@ -154,6 +157,9 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         warnings.append("tokens/s/GPU needs global batch, seq_length and world size (config or --world-size)")
 
     reported = _median([r.tflops_reported for r in window_recs if r.tflops_reported is not None])
+    joules = _median([r.extra[ENERGY_KEY] for r in window_recs if ENERGY_KEY in r.extra])
+    watts = _median([r.extra[POWER_KEY] for r in window_recs if POWER_KEY in r.extra])
+    energy = None if joules is None else {"joules_per_iteration_per_gpu": joules, "watts_per_gpu": watts}
     model_flops = recomputed = None
     if gbs and cfg:
         try:
@@ -234,6 +240,7 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         peak=peak.to_json() if peak else None,
         peak_memory_mb=peak_memory,
         theoretical_memory_mb=parsed.theoretical_memory_mb,
+        energy=energy,
         loss=loss,
         segments=parsed.segments,
         series=series,
