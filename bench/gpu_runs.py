@@ -60,6 +60,9 @@ RUNS: dict[str, Run] = {
     "qwen_4gpu_l4_native": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=2, GBS=64), "native", 15),
     "qwen_4gpu_l4_native_mbs4": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=4, GBS=64), "native", 15),
     "qwen_4gpu_l4_local": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=2, GBS=64), "local", 10),
+    "qwen_4gpu_l4_local_mbs4": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=4, GBS=64), "local", 10),
+    "qwen_4gpu_l4_native_mbs4_gc": Run(Q, 4, dict(NUM_LAYERS=4, EP=4, MBS=4, GBS=64), "native", 15,
+                                       extra=["--manual-gc", "--manual-gc-interval", "10"]),
     # Mixtral family: Mixtral-8x2B with 8 layers
     "mixtral_1gpu_native": Run(M, 1, dict(NUM_LAYERS=8, MBS=2, GBS=16), "native", 15),
     "mixtral_1gpu_local": Run(M, 1, dict(NUM_LAYERS=8, MBS=2, GBS=16), "local", 10),
