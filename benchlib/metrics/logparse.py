@@ -427,21 +427,29 @@ def parse_log(paths: list[Path] | list[str], *, chunk_bytes: int = CHUNK_BYTES) 
     for f in files:
         reader.file = str(f)
         size = f.stat().st_size
-        total += size
         if size == 0:
             continue
-        with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            if hasattr(buf, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
-                buf.madvise(mmap.MADV_SEQUENTIAL)
-            truncated = buf[size - 1:size] != b"\n"
-            pos = 0
-            while pos < size:
-                # windows end just after a newline, so no line is split between two windows
-                cut = buf.rfind(b"\n", pos, min(pos + chunk_bytes, size)) + 1
-                if cut <= pos or pos + chunk_bytes >= size:
-                    cut = size if pos + chunk_bytes >= size or cut <= pos else cut
-                _scan_window(reader, buf, pos, cut)
-                pos = cut
+        with open(f, "rb") as fh:
+            # Small files are read whole; large ones are mapped (no copy) and scanned in windows.
+            buf = fh.read() if size <= chunk_bytes else mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                if isinstance(buf, mmap.mmap) and hasattr(mmap, "MADV_SEQUENTIAL"):
+                    buf.madvise(mmap.MADV_SEQUENTIAL)
+                size = len(buf)  # a log still being written may have grown since stat()
+                total += size
+                truncated = buf[size - 1:size] != b"\n"
+                pos = 0
+                while pos < size:
+                    # windows end just after a newline, so no line is split between two windows
+                    end = min(pos + chunk_bytes, size)
+                    cut = size if end == size else buf.rfind(b"\n", pos, end) + 1
+                    if cut <= pos:  # one line longer than a window: take the rest
+                        cut = size
+                    _scan_window(reader, buf, pos, cut)
+                    pos = cut
+            finally:
+                if isinstance(buf, mmap.mmap):
+                    buf.close()
         if reader.in_args is not None:  # dump cut off by the end of the file
             reader.configs.append(reader.in_args)
             reader.segment_configs[reader.segment] = reader.in_args
