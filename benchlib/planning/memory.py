@@ -242,11 +242,10 @@ def _attention_acts(m: ModelShape, c: _Ctx) -> dict[str, float]:
         up += 2 * t * nh * qk * 2  # q and k after RoPE + concat
         if "mla_up_proj" not in c.modules:
             out["attn.qkv"] = up
-        q_dim, v_dim, kq_dim = nh * qk, nh * m.v_head_dim, nh * qk
+        q_dim, v_dim = nh * qk, nh * m.v_head_dim
         kv_heads = nh
     else:
         q_dim = nh * m.kv_channels
-        kq_dim = q_dim
         kv_dim = m.query_groups / tp * m.kv_channels
         v_dim = q_dim
         kv_heads = m.query_groups / tp
@@ -274,7 +273,6 @@ def _attention_acts(m: ModelShape, c: _Ctx) -> dict[str, float]:
         core = 0  # recomputed from Q, K, V (which stay saved as the checkpoint's inputs)
     out["attn.core"] = core
     out["attn.proj_input"] = proj_in
-    del kq_dim
     return out
 
 

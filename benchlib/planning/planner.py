@@ -25,7 +25,7 @@ from ..errors import BenchError
 from ..layout import Layout, check_layout
 from .arch import ModelShape
 from .gpus import GIB, GpuSpec, gpu_spec
-from .memory import estimate_from_args, run_args, run_layout
+from .memory import estimate_from_args, run_args
 from .pipeline import rank_stages
 
 # Efficiencies (fraction of the GPU's dense peak), from kernels measured on H200 in this
