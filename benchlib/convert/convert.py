@@ -20,7 +20,7 @@ from . import memory
 from .families import ModelShape, read_config, shape_from_config
 from .hf_io import HFReader, HFWriter
 from .layout import Layout, rank_dir, tp_merge, tp_split
-from .mapping import IGNORED_SUFFIXES, Rule, all_rules, combine, mtp_shared_copies, split
+from .mapping import IGNORED_SUFFIXES, Rule, all_rules, canonical_name, combine, mtp_shared_copies, split
 
 DTYPES = ("bf16", "fp16", "fp32")
 ITERATION = 1
@@ -87,7 +87,8 @@ class _Staging:
 
 
 def _expected_shapes(model: Any) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape") and "_extra_state" not in k}
+    """Megatron's parameters in the mapping's names (see mapping.canonical_name) -> shape."""
+    return {canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape") and "_extra_state" not in k}
 
 
 def _check_coverage(reader: HFReader, rules: list[Rule], shape: ModelShape) -> None:
@@ -117,6 +118,7 @@ class _Producer:
         import torch
 
         memory.trim()  # the previous parameter has been written and dropped
+        name = canonical_name(name)
         rule = self.rules.get(name)
         if rule is None:
             raise BenchError(f"Megatron parameter {name} has no Hugging Face source",

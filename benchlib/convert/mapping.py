@@ -131,3 +131,11 @@ def mtp_shared_copies(s: ModelShape) -> dict[str, str]:
 
 # HF tensors that carry no weights of the model (buffers some exporters write).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def canonical_name(name: str) -> str:
+    """A model's parameter name in the mapping's terms: grouped experts (TEGroupedMLP and the
+    torch-native spec, `experts.linear_fc1.weight{i}`) become `experts.local_experts.{i}.linear_fc1.weight`."""
+    import re
+
+    return re.sub(r"\.experts\.linear_fc([12])\.weight(\d+)$", r".experts.local_experts.\2.linear_fc\1.weight", name)

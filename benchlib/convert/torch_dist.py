@@ -17,12 +17,30 @@ def _sharded_table(model: Any) -> tuple[dict, dict[str, list]]:
 
     sd = model.sharded_state_dict()
     apply_factories(sd)
+    params = model.state_dict(keep_vars=True)
     table: dict[str, list] = {}
     for name, entry in sd.items():
+        # a chunk's place inside its parameter: the parameter may itself be a view (the native
+        # spec's experts are slices of one stacked tensor), so offsets are taken relative to it
+        base = params[name].storage_offset() if hasattr(params.get(name), "storage_offset") else 0
         for st in entry if isinstance(entry, list) else [entry]:
             if isinstance(st, ShardedTensor):
-                table.setdefault(name, []).append((st.key, tuple(st.global_offset), st.data, st.prepend_axis_num))
+                rel = st.data.storage_offset() - base
+                table.setdefault(name, []).append((st.key, tuple(st.global_offset), _View(tuple(st.data.shape), tuple(st.data.stride()), rel), st.prepend_axis_num))
     return sd, table
+
+
+class _View:
+    """Where a chunk sits inside its (contiguous, full) parameter: shape, strides, element offset."""
+
+    def __init__(self, shape: tuple, stride: tuple, offset: int) -> None:
+        self.shape, self._stride, self._offset = shape, stride, offset
+
+    def stride(self) -> tuple:
+        return self._stride
+
+    def storage_offset(self) -> int:
+        return self._offset
 
 
 def _bounded_writer(path: str, file_bytes: int) -> Any:
@@ -129,8 +147,12 @@ class Reader:
         self.dir = Path(ckpt_dir)
         self.reader = FileSystemReader(str(self.dir))
         self.meta = self.reader.read_metadata().state_dict_metadata
-        _, self.table = _sharded_table(model)
-        self.shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
+        from .mapping import canonical_name
+
+        _, table = _sharded_table(model)
+        # keyed by the mapping's names (grouped experts' weight{i} -> local_experts.{i})
+        self.table = {canonical_name(k): v for k, v in table.items()}
+        self.shapes = {canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
         self._cache: dict[str, Any] = {}
 
     def has(self, name: str) -> bool:
