@@ -21,4 +21,4 @@ def collect_run_dir(run_dir: Path) -> int:
     result = summarize(parsed, gpu_type, world_size=resolved.get("world_size"), config=resolved or None)
     write_result(result, run_dir / "result.json")
     print(format_summary(result))
-    return 0 if result.status in ("completed",) else 1
+    return result.exit_code

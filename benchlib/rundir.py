@@ -27,8 +27,8 @@ def atomic_write(path: Path, text: str, *, mode: int | None = None, check_secret
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        # mkstemp creates 0600; results and scripts are meant to be read by the group too.
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -36,6 +36,12 @@ def atomic_write(path: Path, text: str, *, mode: int | None = None, check_secret
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
