@@ -71,7 +71,9 @@ RUNS: dict[str, Run] = {
     # MLA: DeepSeek-V2-Lite-Proxy on 1 GPU (native only: the local spec cannot build MLA)
     "dsv2lite_proxy_1gpu_native": Run(D, 1, dict(NUM_LAYERS=4, MBS=2, GBS=16), "native", 15),
     # issue 9 on 4 GPUs: DeepSeek-V2-Lite (27 layers published) with fewer layers, EP=4
-    "dsv2lite_8l_4gpu_native": Run("DeepSeek-V2-Lite", 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 15),
+    # (its YAML spells the dense/MoE pattern for 27 layers: first layer dense, the rest MoE)
+    "dsv2lite_8l_4gpu_native": Run("DeepSeek-V2-Lite", 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 15,
+                                   extra=["--moe-layer-freq", "([0]*1+[1]*7)"]),
 }
 
 
