@@ -8,7 +8,7 @@ MODEL=DeepSeek-V2-Lite-Proxy timeout 120 bash interactive_benchmarking.sh GPUS_P
 echo "rc=$?"; grep -v -i warn "$OUT/raw/interactive_dsv2lite_proxy_1gpu.log" | tail -14
 if [ -f bench/gpu_convert_mla_parity.py ]; then
   echo "== bench/gpu_convert_mla_parity.py"
-  timeout 90 python3 bench/gpu_convert_mla_parity.py > "$OUT/raw/convert_mla_parity.log" 2>&1; echo "rc=$?"
+  timeout 120 python3 bench/gpu_convert_mla_parity.py "$OUT/raw" > "$OUT/raw/convert_mla_parity.log" 2>&1; echo "rc=$?"
   grep -v -i warn "$OUT/raw/convert_mla_parity.log" | tail -15
 fi
 python3 bench/gpu_runs.py --out "$OUT/raw" --budget 150 dsv2lite_8l_4gpu_native 2>&1 | grep -v -i warn | tail -8
