@@ -69,6 +69,7 @@ print("RESULT " + json.dumps({
     "samples": samples, "doc_ids": [tok.tokenize(d) for d in docs],
     "detok": {str(i): tok.detokenize(ids) for i, ids in enumerate(tok.tokenize(d) for d in docs[:20])},
     "helpers_cpp": helpers_cpp.__file__,
+    "split_documents": [len(d.indices) if d is not None else None for d in (train, valid, test)],
     "offline": os.environ.get("HF_HUB_OFFLINE"),
 }))
 torch.distributed.destroy_process_group()
@@ -155,3 +156,11 @@ def test_dataset_indices_come_from_the_wheels_compiled_helpers(run_view):
     # The sample indices were built and cached next to the data, where Megatron puts them.
     cached = list((root / "data" / "corpus" / "cache" / "GPTDataset_indices").glob("*-sample_index.npy"))
     assert cached, "no GPTDataset index cache written"
+
+
+def test_documents_per_split_is_what_megatron_cut(run_view):
+    from benchlib.data.splits import documents_per_split
+
+    _, docs, view = run_view
+    assert view["split_documents"] == documents_per_split(len(docs), "99,1,0")
+    assert sum(n for n in view["split_documents"] if n) == len(docs)

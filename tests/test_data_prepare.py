@@ -237,6 +237,10 @@ def test_printed_settings_resolve_to_the_megatron_data_flags(prepared_jsonl, tmp
     run = resolve_run([f"MODEL={model}", "DATA=real"], env, mode="interactive", local_gpus=1)
     assert {k: run.flags.get(k) for k in want} == want
     assert "--mock-data" not in run.flags
+    # The split `prepare` checks the corpus size against is the one a run renders.
+    from benchlib.data.splits import RUN_SPLIT
+
+    assert run.flags["--split"] == RUN_SPLIT
 
     # The printed [MODEL] section, pasted into a copy of the local cluster conf.
     section = out[out.index("    [<MODEL>]") : out.index("  then run with DATA=real.")]
@@ -245,3 +249,13 @@ def test_printed_settings_resolve_to_the_megatron_data_flags(prepared_jsonl, tmp
     conf.write_text((CLUSTER_DIR / "local.conf").read_text() + "\n" + pasted + "\n")
     run = resolve_run([f"MODEL={model}", "DATA=real", f"CLUSTER={conf}"], {}, mode="interactive", local_gpus=1)
     assert {k: run.flags.get(k) for k in want} == want
+
+
+def test_too_few_documents_for_the_runs_split_are_warned_about(tmp_path):
+    """With --split 99,1,0 the valid split is round(N) - round(0.99 N) documents: none for N <= 50."""
+    docs = make_documents(50, seed=8)
+    code, out = run_prepare("--input", str(write_jsonl(tmp_path / "a.jsonl", docs)), "--vocab-size", "300", "--output-prefix", str(tmp_path / "a"))
+    assert "warning: a DATA=real run cuts the data with --split 99,1,0; with 50 documents its" in out
+    assert "valid split gets none" in out and "at least 51 documents" in out
+    code, out = run_prepare("--input", str(write_jsonl(tmp_path / "b.jsonl", docs + ["one more"])), "--tokenizer", str(tmp_path / "a-tokenizer"), "--output-prefix", str(tmp_path / "b"))
+    assert "warning" not in out

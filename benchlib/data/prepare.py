@@ -57,6 +57,7 @@ class PrepareResult:
     trained_tokenizer: bool
     eod_appended: bool
     prefix: Path
+    empty_run_splits: tuple[str, ...] = ()  # splits of RUN_SPLIT that would get no document
 
     @property
     def bin_path(self) -> Path:
@@ -245,7 +246,10 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+    from .splits import empty_splits
+
     return PrepareResult(
+        empty_run_splits=tuple(empty_splits(stats.documents)),
         documents=stats.documents,
         tokens=stats.tokens,
         skipped_empty=corpus.stats.skipped_empty + stats.skipped_no_tokens,
@@ -301,6 +305,15 @@ def usage_text(result: PrepareResult, *, model: str | None = None, cluster: str 
         f"            {result.idx_path}",
         f"tokenizer   {result.tokenizer_path}",
     ]
+    if result.empty_run_splits:
+        from .splits import RUN_SPLIT, min_documents
+
+        lines += [
+            "",
+            f"warning: a DATA=real run cuts the data with --split {RUN_SPLIT}; with {result.documents} documents its",
+            f"  {' and '.join(result.empty_run_splits)} split gets none, and Megatron-Core 0.19.2 then hangs while building it.",
+            f"  Give at least {min_documents()} documents (e.g. one paragraph or line per document).",
+        ]
     wanted = model_vocab_size(model)
     if wanted is not None and _padded(wanted) != _padded(result.vocab_size):
         lines += [
