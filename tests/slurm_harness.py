@@ -16,9 +16,14 @@ conftest.py with `pytest_plugins = ("slurm_harness",)`; either way one cluster s
 session (a process-wide reference count). It skips only when Slurm is missing and we are not
 root (nothing could install it); as root a missing Slurm is an error: run tests/install_slurm.sh.
 
-What is not real here: GPUs (the node declares 16 CPUs and no GRES; jobs ask for none), more
-than one node, enroot/pyxis (not installed, so jobs use CONTAINER_RUNTIME=none). Time limits,
-signals, dependencies, arrays, cancellation and accounting are Slurm's own.
+Two nodes: `<host>` (this machine's short name, partition `debug`, the default) and `<host>-2`
+(only in partition `multi`, with the first): a second slurmd on the same host, so NNODES=2 jobs
+get a real two-node allocation (`PARTITION=multi`). Only when the host name resolves to loopback
+(jobs use the first node's name as MASTER_ADDR); otherwise one node named `localhost` and
+`multi_partition` is empty. What is not real here: GPUs (each node declares 16 CPUs and no
+GRES; jobs ask for none), separate machines (both nodes are this host), enroot/pyxis (not installed, so jobs use
+CONTAINER_RUNTIME=none). Time limits, signals, dependencies, arrays, cancellation and accounting
+are Slurm's own.
 """
 from __future__ import annotations
 
@@ -37,8 +42,25 @@ from typing import Iterator
 
 import pytest
 
-NODE = "localhost"
-PARTITION = "debug"
+
+
+def _first_node_name() -> str:
+    """This host's short name when it resolves to loopback (jobs use the first node's name as
+    MASTER_ADDR), else "localhost". Slurm refuses a second node beside one named "localhost"."""
+    host = socket.gethostname().split(".")[0]
+    try:
+        addr = socket.gethostbyname(host)
+    except OSError:
+        return "localhost"
+    return host if host and addr.startswith("127.") else "localhost"
+
+
+NODE = _first_node_name()
+# A second slurmd on the same host under another name gives real two-node allocations. Its name
+# does not resolve, so it must never come first in a node list: "<NODE>-2" sorts after NODE.
+NODE2 = f"{NODE}-2" if NODE != "localhost" else ""
+PARTITION = "debug"  # the first node only: single-node jobs always get NODE
+MULTI_PARTITION = "multi"  # both nodes
 NODE_CPUS = 16  # more than the 2 real cores (config_overrides): jobs here mostly sleep or validate
 GPUS_PER_NODE = 2  # tasks per node in the test cluster conf (one per "GPU"; REQUEST_GPUS=0)
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sacct", "scancel")
@@ -53,12 +75,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _free_port_pair() -> tuple[int, int]:
-    # Slurm takes SlurmctldPort and SlurmdPort as given; just make sure they differ.
+def _free_ports(n: int) -> list[int]:
+    # Slurm takes the ports as given; just make sure they differ.
     while True:
-        a, b = _free_port(), _free_port()
-        if a != b:
-            return a, b
+        ports = [_free_port() for _ in range(n)]
+        if len(set(ports)) == n:
+            return ports
 
 
 SLURM_CONF_TEMPLATE = """\
@@ -66,7 +88,6 @@ SLURM_CONF_TEMPLATE = """\
 ClusterName=benchtest
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser={user}
 SlurmdUser=root
@@ -84,11 +105,11 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={root}/jobcomp.txt
 ReturnToService=2
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MailProg=/bin/true
@@ -100,8 +121,12 @@ MinJobAge=3600
 InactiveLimit=0
 SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=2
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 State=UNKNOWN
+NodeName={node} NodeAddr=127.0.0.1 Port={slurmd_port} CPUs={cpus} RealMemory=8000 State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
+"""
+SECOND_NODE_TEMPLATE = """\
+NodeName={node2} NodeAddr=127.0.0.1 Port={slurmd2_port} CPUs={cpus} RealMemory=8000 State=UNKNOWN
+PartitionName={multi} Nodes={node},{node2} MaxTime=INFINITE State=UP
 """
 
 
@@ -116,6 +141,8 @@ class SlurmCluster:
     output_root: Path
     jobcomp: Path
     pids: dict[str, int] = field(default_factory=dict)
+    multi_partition: str = ""  # PARTITION=<this> for NNODES=2 jobs; empty when this host has one node only
+    nodes: tuple[str, ...] = (NODE,)
 
     # -- raw Slurm queries (deliberately not benchlib's, so the tests check benchlib against Slurm) --
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -182,7 +209,7 @@ class SlurmCluster:
         raise AssertionError(f"job {job_id} never reached {sorted(states)}: last scontrol fields {last}")
 
     def log_tail(self, daemon: str, lines: int = 30) -> str:
-        path = self.root / f"{daemon}.log"
+        path = self.root / ({"slurmd": f"slurmd-{NODE}", "slurmd2": f"slurmd-{NODE2}"}.get(daemon, daemon) + ".log")
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
@@ -210,12 +237,14 @@ def _wait_node_idle(cluster: SlurmCluster, timeout: float = 45.0) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        for name, pid in cluster.pids.items():
-            if not _alive(pid):
-                raise RuntimeError(f"{name} (pid {pid}) exited at start:\n{cluster.log_tail(name)}")
+        for name, popen in zip(("slurmctld", "slurmd", "slurmd2"), getattr(cluster, "_popens", ())):
+            if popen.poll() is not None:  # poll(): an exited child stays a zombie that kill(pid, 0) still finds
+                stderr = (cluster.root / f"{name}.stderr").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} (pid {popen.pid}) exited at start:\n{stderr}")
         res = cluster.run("sinfo", "-h", "-N", "-o", "%T", check=False)
         last = (res.stdout + res.stderr).strip()
-        if res.returncode == 0 and last.split() and last.split()[0].rstrip("*~#") in ("idle", "mixed", "allocated"):
+        states = [s.rstrip("*~#") for s in last.split()]
+        if res.returncode == 0 and len(states) >= len(cluster.nodes) and all(s in ("idle", "mixed", "allocated") for s in states):
             return
         time.sleep(0.5)
     raise RuntimeError(
@@ -234,26 +263,28 @@ def _alive(pid: int) -> bool:
 
 def start_cluster(root: Path) -> SlurmCluster:
     """Write the conf, start slurmctld then slurmd in the foreground (-D) as our children."""
-    for sub in ("state", "spool"):
+    nodes = [n for n in (NODE, NODE2) if n]
+    for sub in ("state", *(f"spool-{n}" for n in nodes)):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "plugstack.conf").write_text("")  # no SPANK plugins (the system's would load pyxis if present)
-    ctld_port, slurmd_port = _free_port_pair()
+    ctld_port, slurmd_port, slurmd2_port = _free_ports(3)
     import pwd
 
     user = pwd.getpwuid(os.getuid()).pw_name
     conf = root / "slurm.conf"
-    conf.write_text(
-        SLURM_CONF_TEMPLATE.format(
-            node=NODE, root=root, ctld_port=ctld_port, slurmd_port=slurmd_port, user=user, cpus=NODE_CPUS, partition=PARTITION
-        )
+    values = dict(
+        node=NODE, node2=NODE2, root=root, ctld_port=ctld_port, slurmd_port=slurmd_port, slurmd2_port=slurmd2_port,
+        user=user, cpus=NODE_CPUS, partition=PARTITION, multi=MULTI_PARTITION,
     )
+    conf.write_text(SLURM_CONF_TEMPLATE.format(**values) + (SECOND_NODE_TEMPLATE.format(**values) if NODE2 else ""))
     output_root = root / "runs"
     output_root.mkdir()
     bench_conf = root / "benchtest.conf"
     write_bench_cluster_conf(bench_conf, output_root)
     cluster = SlurmCluster(
         root=root, conf=conf, env={"SLURM_CONF": str(conf)}, bench_cluster_conf=bench_conf,
-        output_root=output_root, jobcomp=root / "jobcomp.txt",
+        output_root=output_root, jobcomp=root / "jobcomp.txt", nodes=tuple(nodes),
+        multi_partition=MULTI_PARTITION if NODE2 else "",
     )
     env = {**os.environ, "SLURM_CONF": str(conf)}
     # -i: ignore a stale state file; -D: stay in the foreground so the pid is ours.
@@ -263,12 +294,15 @@ def start_cluster(root: Path) -> SlurmCluster:
     )
     cluster.pids["slurmctld"] = ctld.pid
     time.sleep(0.5)
-    slurmd = subprocess.Popen(
-        ["slurmd", "-D", "-f", str(conf), "-N", NODE], env=env, stdout=subprocess.DEVNULL, stderr=open(root / "slurmd.stderr", "w"),
-        start_new_session=True,
-    )
-    cluster.pids["slurmd"] = slurmd.pid
-    cluster._popens = (ctld, slurmd)  # type: ignore[attr-defined]
+    popens = [ctld]
+    for name, node in zip(("slurmd", "slurmd2"), nodes):
+        slurmd = subprocess.Popen(
+            ["slurmd", "-D", "-f", str(conf), "-N", node], env=env, stdout=subprocess.DEVNULL,
+            stderr=open(root / f"{name}.stderr", "w"), start_new_session=True,
+        )
+        cluster.pids[name] = slurmd.pid
+        popens.append(slurmd)
+    cluster._popens = tuple(popens)  # type: ignore[attr-defined]
     try:
         _wait_node_idle(cluster)
     except BaseException:
@@ -281,12 +315,14 @@ def stop_cluster(cluster: SlurmCluster) -> None:
     """Cancel what is left, then stop slurmd and slurmctld by the pids we started."""
     if cluster.pids.get("slurmctld") and _alive(cluster.pids["slurmctld"]):
         cluster.run("scancel", "--partition", PARTITION, check=False)
+        if cluster.multi_partition:
+            cluster.run("scancel", "--partition", cluster.multi_partition, check=False)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if not cluster.run("squeue", "-h", "-o", "%i", check=False).stdout.strip():
                 break
             time.sleep(0.5)
-    for name in ("slurmd", "slurmctld"):
+    for name in ("slurmd2", "slurmd", "slurmctld"):
         pid = cluster.pids.get(name)
         if not pid or not _alive(pid):
             continue

@@ -93,7 +93,7 @@ def test_success_ranks_and_rendezvous_from_slurm(slurm_cluster: SlurmCluster) ->
     port = re.search(r"^MASTER_PORT=(\d+)", slurm_cluster.bench_cluster_conf.read_text(), re.M).group(1)
     # One task per "GPU" (GPUS_PER_NODE=2), labelled, each with its rank from Slurm.
     for rank in (0, 1):
-        assert f"{rank}: env RANK={rank} LOCAL_RANK={rank} WORLD_SIZE=2 MASTER=localhost:{port}" in log
+        assert f"{rank}: env RANK={rank} LOCAL_RANK={rank} WORLD_SIZE=2 MASTER={slurm_cluster.nodes[0]}:{port}" in log
     assert not (run_dir / "INCOMPLETE").exists()
     # Per-job output inside the run directory (%j expanded), not one shared log.
     assert (run_dir / "logs" / f"slurm-{job_id}.out").is_file()
@@ -300,3 +300,59 @@ def test_time_limit_ends_timeout_with_marker(slurm_cluster: SlurmCluster, timeou
     assert "0: rank 0 got SIGTERM, stopping cleanly" in log and "1: rank 1 got SIGTERM, stopping cleanly" in log
     res = bench(slurm_cluster, "status", str(run_dir))
     assert "TIMEOUT" in res.stdout and "INCOMPLETE" in res.stdout, res.stdout
+
+
+@pytest.mark.slow
+def test_two_nodes_rendezvous_on_the_first_node(slurm_cluster: SlurmCluster) -> None:
+    """NNODES=2 on a real two-node allocation (two slurmd on this host): ranks and the master address
+    come from Slurm, and a torch.distributed (gloo) all-reduce over all four tasks succeeds."""
+    if not slurm_cluster.multi_partition:
+        pytest.skip("this host's name does not resolve to loopback: the test Slurm has one node only")
+    script = ROOT / "tests" / "fixtures" / "slurm" / "rendezvous.py"
+    cmd = f"env GLOO_SOCKET_IFNAME=lo {sys.executable} {script}"
+    job_id, run_dir = launch(
+        slurm_cluster, env={"PARTITION": slurm_cluster.multi_partition}, NNODES="2", ENTRY="command", ENTRY_COMMAND=cmd,
+        COMMENT="twonodes",
+    )
+    row = slurm_cluster.wait_finished(job_id, timeout=150)
+    log = log_text(run_dir)
+    assert (row["State"], row["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
+    lines = sorted(re.findall(r"^(\d+): rendezvous (.*)$", log, re.M))
+    first, second = slurm_cluster.nodes
+    # 2 nodes x GPUS_PER_NODE=2 tasks; ranks fill the first node, then the second; 0+1+2+3 = 6.
+    assert lines == [
+        ("0", f"rank=0 world=4 local_rank=0 node={first} master={first} sum=6"),
+        ("1", f"rank=1 world=4 local_rank=1 node={first} master={first} sum=6"),
+        ("2", f"rank=2 world=4 local_rank=0 node={second} master={first} sum=6"),
+        ("3", f"rank=3 world=4 local_rank=1 node={second} master={first} sum=6"),
+    ], log[-3000:]
+    assert slurm_cluster.scontrol_job(job_id)["NodeList"] == f"{first},{second}"
+
+
+def _listening_addresses(pid: int) -> set[str]:
+    """IPv4/IPv6 addresses a process listens on, from /proc (no ss/netstat needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                hex_addr = cols[1].split(":")[0]
+                if width == 8:
+                    found.add(".".join(str(int(hex_addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                else:
+                    found.add("ipv6:" + hex_addr)
+    return found
+
+
+def test_daemons_listen_on_loopback_only(slurm_cluster: SlurmCluster) -> None:
+    for name, pid in slurm_cluster.pids.items():
+        addrs = _listening_addresses(pid)
+        assert addrs == {"127.0.0.1"}, f"{name} listens on {addrs}"
