@@ -135,6 +135,14 @@ def test_failing_step_ends_failed_with_its_exit_code(slurm_cluster: SlurmCluster
     res = bench(slurm_cluster, "status", str(run_dir))
     assert res.returncode == 0, res.stderr
     assert "FAILED exit 3:0" in res.stdout and "INCOMPLETE" in res.stdout
+    # Without a target: the runs under the cluster's OUTPUT_ROOT, this one among them.
+    res = bench(slurm_cluster, "status", "--limit", "100")
+    line = next(ln for ln in res.stdout.splitlines() if ln.endswith(str(run_dir)))
+    assert line.split()[0] == job_id and "FAILED exit 3:0" in line
+    res = bench(slurm_cluster, "status", job_id, "--json")
+    data = json.loads(res.stdout)
+    assert data["run_dir"] == str(run_dir) and data["incomplete"] is True
+    assert [(j["state"], j["exit_code"]) for j in data["jobs"]] == [("FAILED", "3:0")]
 
 
 def test_completed_log_gets_result_json(slurm_cluster: SlurmCluster) -> None:
