@@ -143,6 +143,9 @@ def test_failing_step_ends_failed_with_its_exit_code(slurm_cluster: SlurmCluster
     data = json.loads(res.stdout)
     assert data["run_dir"] == str(run_dir) and data["incomplete"] is True
     assert [(j["state"], j["exit_code"]) for j in data["jobs"]] == [("FAILED", "3:0")]
+    # Stopping a job that already ended is not an error: it says how the job ended.
+    res = bench(slurm_cluster, "stop", str(run_dir))
+    assert res.returncode == 0 and f"job {job_id} already ended: FAILED exit 3:0" in res.stdout, res.stdout + res.stderr
 
 
 def test_completed_log_gets_result_json(slurm_cluster: SlurmCluster) -> None:

@@ -153,8 +153,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
         ids = sorted({j.job_id.split("_")[0] if args.whole_arrays else j.job_id for j in jobs})
         names = {j.job_id: j.name for j in jobs}
     else:
-        run_dir, job_id = resolve_target(args.target, args.cluster)
-        ids, names = [job_id], {}
+        _, job_id = resolve_target(args.target, args.cluster)
+        known = job_infos(job_id)
+        if not known:
+            raise BenchError(f"Slurm does not know job {job_id}", hint="`benchlib status` lists the submitted runs")
+        if all(j.finished for j in known):
+            # Nothing to cancel: say how it ended rather than letting scancel fail.
+            print(f"job {job_id} already ended: {', '.join(j.describe() for j in known)}")
+            return 0
+        ids, names = [job_id], {j.job_id: j.name for j in known}
     tools.run(["scancel", *ids])
     for job_id in ids:
         print(f"cancelled job {job_id} {names.get(job_id, '')}".rstrip())
