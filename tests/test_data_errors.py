@@ -263,3 +263,9 @@ def test_unwritable_output_folder(tmp_path):
     locked.mkdir(mode=0o500)
     err = prepare_error("--input", str(corpus), "--vocab-size", "300", "--output-prefix", str(locked / "o"))
     assert "not writable" in err.message
+
+
+def test_tokenizer_json_file_instead_of_its_folder(tmp_path, small_tokenizer):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ["hello"])
+    err = prepare_error("--input", str(corpus), "--tokenizer", str(small_tokenizer / "tokenizer.json"), "--output-prefix", str(tmp_path / "o"))
+    assert "is a file" in err.message and f"--tokenizer {small_tokenizer}" in err.hint

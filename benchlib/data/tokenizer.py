@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -45,7 +46,7 @@ def train_bpe(documents: Iterable[str], vocab_size: int) -> Any:
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=sys.stderr.isatty(),  # the trainer's own progress bars, on a terminal only
     )
     tok.train_from_iterator(documents, trainer=trainer)
     return tok
@@ -95,6 +96,11 @@ def check_tokenizer_path(path: Path) -> None:
             f"tokenizer path {path} does not exist",
             hint="pass --tokenizer with a local Hugging Face tokenizer folder (tokenizer.json / tokenizer_config.json), "
             "or leave it out and pass --vocab-size to train one on the corpus",
+        )
+    if path.is_file():
+        raise BenchError(
+            f"--tokenizer {path} is a file; a Hugging Face tokenizer is loaded from its folder",
+            hint=f"pass the folder that holds it: --tokenizer {path.parent}",
         )
     if path.is_dir() and not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
         raise BenchError(
