@@ -31,8 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--target-ep", type=int, default=1, help="legacy format: expert parallel size")
     h.add_argument("--target-first-stage-layers", type=int, default=None, help="legacy format: decoder layers on the first stage (uneven PP)")
     h.add_argument("--target-last-stage-layers", type=int, default=None, help="legacy format: decoder layers on the last stage (uneven PP)")
-    h.add_argument("--expert-layout", default="sequential", choices=["sequential", "grouped"],
-                   help="legacy format: SequentialMLP (local_experts.{i}.linear_fc1.weight) or grouped (experts.linear_fc1.weight{i})")
+    h.add_argument("--expert-layout", default="auto", choices=["auto", "sequential", "grouped"],
+                   help="legacy format: SequentialMLP (local_experts.{i}.linear_fc1.weight), grouped (experts.linear_fc1.weight{i}: "
+                        "TEGroupedMLP and the torch-native spec) or auto (what --spec builds; local spec: sequential)")
     h.add_argument("--make-vocab-size-divisible-by", type=int, default=128, help="as the run's Megatron flag (vocabulary padding)")
     h.add_argument("--spec", default=None, help="module:function returning the layer spec the runs use (default: Megatron's local spec)")
     h.add_argument("--family", default=None, help="refuse a checkpoint of another family (used by ckpt_convert_scripts/<Family>/)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ class _Producer:
 
 
 def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("torch_dist",), dtype: str = "bf16",
-                layout: Layout = Layout(), expert_layout: str = "sequential", spec: str | None = None,
+                layout: Layout = Layout(), expert_layout: str = "auto", spec: str | None = None,
                 overwrite: bool = False, dist_file_bytes: int = 2**30) -> Report:
     import torch
 
@@ -153,14 +154,17 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
     layout.check(heads=shape.heads, kv_heads=shape.kv_heads, num_experts=shape.num_experts, ffn=shape.ffn,
                  moe_ffn=shape.moe_ffn, mla=shape.mla)
     stages = layout.stage_layers(shape.num_layers)
-    if expert_layout not in ("sequential", "grouped"):
-        raise BenchError(f"unknown --expert-layout {expert_layout!r}", hint="use sequential or grouped")
+    if expert_layout not in ("auto", "sequential", "grouped"):
+        raise BenchError(f"unknown --expert-layout {expert_layout!r}", hint="use auto, sequential or grouped")
     reader = HFReader(hf_dir, shape.fp8_block)
     rules = all_rules(shape)
     _check_coverage(reader, rules, shape)
     from .mcore_model import build_meta_model
 
     model, args = build_meta_model(shape, dtype, layout.vocab_multiple, spec)
+    if expert_layout == "auto":  # what the spec's experts are called
+        grouped = any(re.search(r"\.experts\.linear_fc1\.weight\d+$", k) for k in model.state_dict())
+        expert_layout = "grouped" if grouped else "sequential"
     expected = _expected_shapes(model)
     unfilled = sorted(set(expected) - {r.mcore for r in rules})
     if unfilled:
@@ -181,7 +185,8 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
             (dist_dir / "latest_checkpointed_iteration.txt").write_text(f"{ITERATION}\n")
         if "legacy" in formats:
             leg_dir = tmp / "legacy" if len(formats) > 1 else tmp
-            _write_legacy(leg_dir, shape, rules, produce, layout, stages, expert_layout, args)
+            extra = [canonical_name(k) for k in model.state_dict() if k.endswith("._extra_state")]
+            _write_legacy(leg_dir, shape, rules, produce, layout, stages, expert_layout, args, extra)
         (tmp / "hf_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "megatron_model_args.txt").write_text(" ".join(shape.megatron_flags()) + "\n")
         report.tensors, report.bytes_written = produce.count, produce.bytes
@@ -203,7 +208,7 @@ def _legacy_name(name: str, stage: range, expert_layout: str, ep_rank: int, ep: 
         if i not in stage:
             return None
         name = f"decoder.layers.{i - stage.start}.{m.group(2)}"
-    m = re.search(r"\.local_experts\.(\d+)\.(linear_fc[12])\.weight$", name)
+    m = re.search(r"\.local_experts\.(\d+)\.(linear_fc[12])\.(weight|_extra_state)$", name)
     if m:
         e = int(m.group(1))
         per = num_experts // ep
@@ -212,8 +217,9 @@ def _legacy_name(name: str, stage: range, expert_layout: str, ep_rank: int, ep: 
         local = e % per
         head = name[: m.start()]
         if expert_layout == "grouped":
-            return f"{head}.{m.group(2)}.weight{local}"
-        return f"{head}.local_experts.{local}.{m.group(2)}.weight"
+            # TEGroupedMLP / torch-native names; these experts keep no per-expert extra state
+            return f"{head}.{m.group(2)}.weight{local}" if m.group(3) == "weight" else None
+        return f"{head}.local_experts.{local}.{m.group(2)}.{m.group(3)}"
     return name
 
 
@@ -229,7 +235,7 @@ def _stage_of(name: str, stages: list[range]) -> list[int]:
 
 
 def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Producer, layout: Layout,
-                  stages: list[range], expert_layout: str, args: Any) -> None:
+                  stages: list[range], expert_layout: str, args: Any, extra_states: list[str]) -> None:
     """Per-rank model_optim_rng.pt files, one pipeline stage in memory at a time."""
     import copy
 
@@ -238,7 +244,9 @@ def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Pro
     it_dir = out / f"iter_{ITERATION:07d}"
     for pp_rank, stage in enumerate(stages):
         names = [r.mcore for r in rules if pp_rank in _stage_of(r.mcore, stages)]
-        full = {n: produce(n) for n in names}
+        full: dict[str, Any] = {n: produce(n) for n in names}
+        # Megatron's linears carry an (empty) _extra_state entry; a strict load_state_dict wants it
+        full.update({n: None for n in extra_states if pp_rank in _stage_of(n, stages)})
         for n in ("embedding.word_embeddings.weight", "output_layer.weight"):
             if n in full:  # pad the vocabulary to a multiple of vocab_multiple * TP, as Megatron does
                 t = full[n]
@@ -257,7 +265,7 @@ def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Pro
                 local = _legacy_name(n, stage, expert_layout, ep_rank, layout.ep, shape.num_experts)
                 if local is None:
                     continue
-                for tp_rank, piece in enumerate(tp_split(local, t, layout.tp)):
+                for tp_rank, piece in enumerate(tp_split(local, t, layout.tp) if t is not None else [None] * layout.tp):
                     per_tp[tp_rank][local] = piece
             for tp_rank, sd in enumerate(per_tp):
                 d = it_dir / rank_dir(tp_rank, pp_rank, ep_rank, layout)
