@@ -299,6 +299,14 @@ def test_pyxis_refused_when_srun_lacks_it(slurm_cluster: SlurmCluster) -> None:
     assert not [name for name in queued if name.endswith("-pyxis")], queued
 
 
+def test_sbatch_refusal_is_explained(slurm_cluster: SlurmCluster) -> None:
+    env = {**base_env(slurm_cluster), "PARTITION": "no-such-partition", "ENTRY": "command", "ENTRY_COMMAND": "true"}
+    res = subprocess.run(["bash", str(ROOT / "sbatch_benchmarking.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "sbatch refused the job" in res.stderr and "invalid partition" in res.stderr.lower(), res.stderr
+    assert "PARTITION" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_time_limit_ends_timeout_with_marker(slurm_cluster: SlurmCluster, timeout_job) -> None:
     job_id, run_dir, t0 = timeout_job
     row = slurm_cluster.wait_finished(job_id, timeout=200)

@@ -76,7 +76,8 @@ def _now() -> str:
 
 
 def submit(run: "ResolvedRun", run_dir: Path, script_path: Path | None = None, *, quiet: bool = True) -> SubmitResult:
-    """`sbatch --parsable` the run's rendered script from its run directory; record and print the job id."""
+    """`sbatch --parsable` the run's rendered script from its run directory; record the job id in
+    `slurm_job.json` (printing it is the caller's: `benchlib.launch` does, unless quiet=False here)."""
     run_dir = Path(run_dir)
     if script_path is None:
         if run_dir.is_file():  # called as submit(run, script_path)
