@@ -54,6 +54,9 @@ GPU_SPECS: dict[str, GpuSpec] = {
 
 def gpu_spec(name: str) -> GpuSpec:
     key = name.strip().upper().replace("-SXM", "")
+    if key not in GPU_SPECS:  # a device name as CUDA reports it, e.g. "NVIDIA H200" or "NVIDIA H100 80GB HBM3"
+        words = key.replace("NVIDIA", " ").replace("-", " ").split()
+        key = next((w for w in words if w in GPU_SPECS), key)
     if key not in GPU_SPECS:
         raise BenchError(f"unknown GPU type {name!r}{did_you_mean(key, list(GPU_SPECS))}",
                          hint=f"use one of {', '.join(GPU_SPECS)}")

@@ -175,10 +175,15 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
     else:
         raise BenchError("record has no megatron_args (mapping or token list)",
                          hint="records written by bench/gpu_runs.py or `benchlib collect` carry them")
-    for key in ("world_size", "gpus", "num_gpus"):
+    for key in ("world_size", "gpus", "gpu_count", "num_gpus"):
         if record.get(key) and "world_size" not in args:
             args["world_size"] = int(record[key])
+    if "world_size" not in args and "data_parallel_size" not in args:
+        raise BenchError("record does not say how many GPUs the run used",
+                         hint="records carry gpus / gpu_count / world_size, or megatron_args with world_size")
     backend = record.get("backend") or (record.get("env") or {}).get("BENCH_SPEC")
+    if isinstance(backend, Mapping):  # a resolved run's BackendChoice as JSON
+        backend = backend.get("name")
     if backend not in ("te", "native", "local"):
         backend = None
     return args, backend
@@ -378,6 +383,9 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
     """Estimate every pipeline rank and return the most loaded one. `args`: Megatron argument
     names; `layout` overrides the parallel layout they record (the planner's candidates)."""
     lay = layout or layout_from_args(args)
+    if lay.world % (lay.tp * lay.pp * lay.cp) or lay.world % (lay.pp * lay.ep * lay.etp):
+        raise BenchError(f"{lay.world} GPUs cannot hold TP={lay.tp} PP={lay.pp} CP={lay.cp} EP={lay.ep} ETP={lay.etp}",
+                         hint="give the run's world size (world_size) with its layout")
     m = ModelShape.from_args(args, tp=lay.tp)
     attn = attention_backend(args, backend)
     granularity = str(get(args, "recompute_granularity", "") or "")
