@@ -1,4 +1,4 @@
-"""A real one-node Slurm cluster for the tests (pytest fixture module).
+"""A real Slurm cluster on this machine for the tests (pytest fixture module).
 
 `slurm_cluster` (session scope) starts `slurmctld` and `slurmd` from the OS packages (installed
 by tests/install_slurm.sh, never by this module) under a temporary folder, on 127.0.0.1 only,
@@ -9,12 +9,14 @@ yields a `SlurmCluster`: the conf path, the environment the Slurm client command
 (`CONTAINER_RUNTIME=none`, no GPUs requested) and small helpers that read job state straight
 from `sacct -c` / `scontrol`, independent of benchlib's own readers.
 
-At the end it cancels what is left and stops the two daemons by the pids it started.
+At the end it cancels what is left and stops the daemons by the pids it started.
 
 Use it from a test module with `from slurm_harness import slurm_cluster  # noqa: F401` or from
 conftest.py with `pytest_plugins = ("slurm_harness",)`; either way one cluster serves the whole
 session (a process-wide reference count). It skips only when Slurm is missing and we are not
 root (nothing could install it); as root a missing Slurm is an error: run tests/install_slurm.sh.
+Without root it still runs: SlurmUser and SlurmdUser are the current user (the only user whose
+jobs such a cluster can start).
 
 Two nodes: `<host>` (this machine's short name, partition `debug`, the default) and `<host>-2`
 (only in partition `multi`, with the first): a second slurmd on the same host, so NNODES=2 jobs
@@ -90,7 +92,7 @@ SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={ctld_port}
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser={user}
-SlurmdUser=root
+SlurmdUser={user}
 AuthType=auth/none
 CredType=cred/none
 ProctrackType=proctrack/linuxproc
@@ -354,8 +356,6 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         if os.getuid() != 0:
             pytest.skip(f"Slurm is not installed ({', '.join(missing)} missing) and not root: run tests/install_slurm.sh as root")
         raise RuntimeError(f"Slurm is not installed ({', '.join(missing)} missing): run `bash tests/install_slurm.sh` first (as root)")
-    if os.getuid() != 0:
-        pytest.skip("the test Slurm runs slurmd, which must run as root (jobs are started as the submitting user)")
     if _SHARED["cluster"] is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
         cluster = start_cluster(tmp)
