@@ -50,3 +50,19 @@ def test_a_record_with_the_command_line_estimates_like_the_run_it_came_from():
     from_run = estimate_memory(run)
     assert from_record.peak_allocated == from_run.peak_allocated
     assert from_record.params == from_run.params
+
+
+def test_launch_refuses_before_anything_is_written_and_mem_check_0_lets_it_through(tmp_path, monkeypatch, capsys):
+    """Through the lead's `benchlib launch` (which calls check_fits): no sbatch is needed, the
+    refusal comes before a run directory or a submission."""
+    for key in ("DRY_RUN", "MEM_CHECK", "MODEL", "CLUSTER"):
+        monkeypatch.delenv(key, raising=False)
+    argv = ["launch", "--mode", "sbatch", "MODEL=DeepSeek-V3", "CLUSTER=template", "EP=8", "NNODES=16", "GBS=128",
+            f"OUTPUT_ROOT={tmp_path}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "exceeds" in err and "MEM_CHECK=0" in err and "optimizer state" in err
+    assert not any(tmp_path.iterdir())  # nothing written
+    monkeypatch.setenv("DRY_RUN", "1")
+    assert main(argv + ["MEM_CHECK=0"]) == 0
+    assert "#SBATCH" in capsys.readouterr().out
