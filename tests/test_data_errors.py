@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_data_support import data_parser, make_documents, prepare_error, run_prepare, write_jsonl, write_txt
+from test_data_support import data_parser, make_documents, prepare_error, run_prepare, write_jsonl
 
 pytestmark = pytest.mark.megatron
 

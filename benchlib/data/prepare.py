@@ -216,9 +216,9 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
             if corpus.stats.documents == 0:
                 raise _empty_corpus(corpus)
             final_tok = opts.trained_tokenizer_dir()
-            staging_root = Path(tempfile.mkdtemp(prefix=f".{final_tok.name}.", suffix=".tmp", dir=_mkparent(final_tok)))
-            staging = staging_root
-            tokenizer_dir = staging_root / final_tok.name
+            # Staged beside its final place; moved there once the dataset is written too.
+            staging = Path(tempfile.mkdtemp(prefix=f".{final_tok.name}.", suffix=".tmp", dir=_mkparent(final_tok)))
+            tokenizer_dir = staging / final_tok.name
             save_hf_folder(tok, tokenizer_dir)
         else:
             final_tok = tokenizer_dir = opts.tokenizer  # type: ignore[assignment]
