@@ -31,7 +31,8 @@ from .pipeline import rank_stages
 # Efficiencies (fraction of the GPU's dense peak), from kernels measured on H200 in this
 # project (../shared/notes/megatron-on-the-gpu-machine.md): a large bf16 GEMM ran at ~790 of
 # 989 TFLOP/s; causal SDPA forward+backward ~440; grouped expert GEMMs forward+backward 280,
-# 353, 406 TFLOP/s at 256, 512, 1024 tokens per expert, which 0.6 * 0.8 * m / (m + 184) fits.
+# 353, 406 TFLOP/s at 256, 512, 1024 tokens per expert, which 0.8 * 0.6 * m / (m + 184) of the
+# peak fits (276, 349, 402).
 EFF_GEMM = 0.8
 EFF_ATTENTION = 0.45
 EFF_EXPERT_MAX, EXPERT_HALF_TOKENS = 0.6, 184
@@ -131,7 +132,7 @@ def _cost(args: dict[str, Any], shape: ModelShape, lay: Layout, gpu: GpuSpec, gp
     if shape.num_experts:
         # each expert receives top-k copies of the tokens of its EP x ETP group
         m = t_mb / lay.cp / lay.tp * shape.topk * lay.etp * lay.ep / shape.num_experts
-        eff_expert = EFF_EXPERT_MAX * m / (m + EXPERT_HALF_TOKENS)
+        eff_expert = EFF_GEMM * EFF_EXPERT_MAX * m / (m + EXPERT_HALF_TOKENS)
         shared = 3 * shape.hidden * shape.shared_ffn if shape.swiglu else 2 * shape.hidden * shape.shared_ffn
         routed = max(0.0, moe - shared)
     else:
