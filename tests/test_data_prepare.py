@@ -259,3 +259,23 @@ def test_too_few_documents_for_the_runs_split_are_warned_about(tmp_path):
     assert "valid split gets none" in out and "at least 51 documents" in out
     code, out = run_prepare("--input", str(write_jsonl(tmp_path / "b.jsonl", docs + ["one more"])), "--tokenizer", str(tmp_path / "a-tokenizer"), "--output-prefix", str(tmp_path / "b"))
     assert "warning" not in out
+
+
+def test_large_vocab_is_stored_as_int32_with_ids_above_uint16(tmp_path):
+    """A given tokenizer of 70000 ids (a word-level one built here): Megatron stores int32 from 65500
+    ids up, and ids above 65535 must come back unchanged."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "</s>": 1, **{f"w{i}": i for i in range(2, 70000)}}
+    wl = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    folder = tmp_path / "wordlevel"
+    PreTrainedTokenizerFast(tokenizer_object=wl, eos_token="</s>", unk_token="[UNK]").save_pretrained(str(folder))
+    docs = ["w2 w65535 w65536 w69999", "w70000 w12345"]  # w70000 is unknown: id 0
+    corpus = write_jsonl(tmp_path / "c.jsonl", docs)
+    code, out = run_prepare("--input", str(corpus), "--tokenizer", str(folder), "--output-prefix", str(tmp_path / "big"), "--append-eod")
+    ds = IndexedDataset(str(tmp_path / "big"))
+    assert ds.index.dtype == numpy.int32 and "int32" in out
+    assert [ds[i].tolist() for i in range(len(ds))] == [[2, 65535, 65536, 69999, 1], [0, 12345, 1]]
