@@ -111,3 +111,22 @@ def test_every_pipeline_rank_within_15_percent_on_pp_runs(record: dict) -> None:
         error = est.per_rank_peak[stage] / (float(mb) * 1024**2) - 1
         assert abs(error) <= TOLERANCE, f"{record['name']} rank {rank} (stage {stage}): {error:+.1%}"
     assert abs(est.peak_allocated / (_measured_mb(record) * 1024**2) - 1) <= TOLERANCE
+
+
+DUMP_LOGS = [p for p in sorted([*REAL_LOGS.glob("*.log"), *PP_RECORDS.parent.glob("*.log")]) if "max allocated:" in p.read_text(errors="replace")
+             and "- arguments -" in p.read_text(errors="replace")]
+
+
+@pytest.mark.parametrize("log", DUMP_LOGS, ids=[p.name for p in DUMP_LOGS])
+def test_estimate_from_the_logs_argument_dump(log: Path) -> None:
+    """The third input path: Megatron's own argument dump as benchlib's log parser reads it
+    (world size, the native spec's --spec, every default Megatron filled in)."""
+    from benchlib.metrics.logparse import parse_log
+    from benchlib.planning.memory import log_args
+
+    parsed = parse_log([log])
+    args, backend = log_args(parsed.config)
+    est = estimate_from_args(args, backend=backend)
+    measured = max(m.max_allocated_mb for m in parsed.memory) * 1024**2
+    error = est.peak_allocated / measured - 1
+    assert abs(error) <= TOLERANCE, f"{log.name}: {error:+.1%}\n{est.table()}"

@@ -13,6 +13,8 @@ from ..errors import BenchError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("estimate", help="per-rank GPU memory (most loaded rank) and FLOPs of a run, before queueing it")
     p.add_argument("--record", type=Path, help="estimate a result record's megatron_args instead of a config (JSON)")
+    p.add_argument("--log", type=Path, nargs="+", metavar="LOG",
+                   help="estimate from a Megatron log's argument dump, and show its measured max allocated")
     p.add_argument("--gpu", help="GPU type to check against (default: the cluster's GPU_TYPE)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="[MODEL] KEY=VALUE knobs, then extra Megatron args (as for a launch)")
@@ -64,7 +66,17 @@ def _rest(rest: list[str]) -> list[str]:
 def _estimate(args: argparse.Namespace) -> int:
     from .memory import estimate_from_args, estimate_memory
 
-    if args.record:
+    measured = None
+    if args.log:
+        from ..metrics.logparse import parse_log
+        from .memory import log_args
+
+        parsed = parse_log(args.log)
+        margs, backend = log_args(parsed.config)
+        est = estimate_from_args(margs, backend=backend, gpu_type=args.gpu)
+        if parsed.memory:
+            measured = max(m.max_allocated_mb for m in parsed.memory)
+    elif args.record:
         try:
             record = json.loads(args.record.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -83,9 +95,15 @@ def _estimate(args: argparse.Namespace) -> int:
 
             est.gpu_type, est.capacity = args.gpu, gpu_spec(args.gpu).memory_bytes
     if args.json:
-        print(json.dumps(est.to_json(), indent=2))
+        out = est.to_json()
+        if measured is not None:
+            out["measured_max_allocated_mb"] = measured
+        print(json.dumps(out, indent=2))
     else:
         print(est.table())
+        if measured is not None:
+            est_mb = est.peak_allocated / 2**20
+            print(f"measured max allocated in the log: {measured:.0f} MB; estimate {est_mb:.0f} MB ({est_mb / measured - 1:+.1%})")
     return 0
 
 

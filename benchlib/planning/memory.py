@@ -189,6 +189,15 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
     return args, backend
 
 
+def log_args(dump: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(arguments, backend) from a log's argument dump (benchlib.metrics.logparse's `config`).
+    The dump carries world_size and, for benchlib's native spec, `spec` naming benchlib."""
+    if not dump:
+        raise BenchError("the log has no Megatron argument dump",
+                         hint="give the whole log (the dump is printed at start-up), or use --record / a config")
+    return dict(dump), None
+
+
 def attention_backend(args: Args, backend: str | None = None) -> str:
     """'flash' (Transformer Engine), 'sdpa' (benchlib's torch-native spec) or 'materialized'
     (Megatron's local DotProductAttention, which builds the [b, heads, s, s] score matrix)."""
