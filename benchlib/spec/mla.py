@@ -1,9 +1,12 @@
 """MLA pieces Megatron-Core 0.19.2 only provides through Transformer Engine.
 
 With `--qk-layernorm` and no q-LoRA (DeepSeek-V2-Lite), 0.19.2's MLA asks the backend for a fused
-norm+linear for `linear_q_proj`; the local backend has none, so the model does not build. Here
-the norm+linear is a torch norm followed by Megatron's ColumnParallelLinear, with TE's parameter
-names (`layer_norm_weight`, `weight`), and MLA resolves its q/kv norms with it.
+norm+linear for `linear_q_proj` (TE's LayerNormLinear: an extra norm on the query path); the local
+backend has none, so the model does not build. DeepSeek-V2-Lite itself (Hugging Face) has no norm
+there: q_proj reads the input-normed hidden states, only the kv latent is normed. So the native
+spec builds a plain ColumnParallelLinear `linear_q_proj` in that case (what the checkpoint
+converter maps, benchlib/convert). `NormColumnParallelLinear` (torch norm + linear, TE's parameter
+names) answers any other request the resolver makes for a fused norm+linear.
 """
 from __future__ import annotations
 
@@ -51,4 +54,7 @@ class NativeMLASelfAttention(MLASelfAttention):
 
         resolver = QKNormConfigResolver(self.config, submodules)
         resolver.fused_norm_linear_impl = NormColumnParallelLinear
-        return resolver.resolve()
+        out = resolver.resolve()
+        if self.config.q_lora_rank is None and out.get("linear_q_proj") is NormColumnParallelLinear:
+            out["linear_q_proj"] = resolver.linear_impl  # no q norm without q-LoRA (see module doc)
+        return out
