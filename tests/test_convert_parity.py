@@ -123,3 +123,18 @@ def test_legacy_file_loads_strictly_with_parity(family: str, spec: str | None, t
     tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(4))
     diff = (tiny_hf.hf_logits(model, tokens) - tiny_hf.megatron_forward(mc, tokens, shape.vocab)).abs().max().item()
     assert diff < 1e-4, f"{family}: max abs logit difference {diff}"
+
+
+def test_deepseek_v3_yarn_rope_parity(tmp_path: Path) -> None:
+    """DeepSeek-V3's published YaRN rope scaling (factor 40, mscale_all_dim 1) maps to Megatron's yarn flags."""
+    import torch
+
+    from benchlib.convert.convert import hf_to_mcore
+
+    hf_dir, model = tiny_hf.build("DeepSeek-V3", tmp_path / "hf", yarn=True)
+    report = hf_to_mcore(hf_dir, tmp_path / "mc", dtype="fp32")
+    flags = " ".join(report.megatron_flags)
+    assert "--rope-type yarn --rotary-scaling-factor 40.0 --mscale 1.0 --mscale-all-dim 1.0" in flags
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(5))
+    diff = (tiny_hf.hf_logits(model, tokens) - tiny_hf.megatron_logits(tmp_path / "mc", tokens)).abs().max().item()
+    assert diff < 1e-4, diff

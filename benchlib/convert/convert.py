@@ -47,7 +47,8 @@ class Report:
 
     def summary(self) -> str:
         mib = 2**20
-        return (f"converted {self.family} ({self.direction}, {', '.join(self.formats)}): {self.tensors} tensors, "
+        notes = "".join(f"note: {n}\n" for n in self.notes)
+        return notes + (f"converted {self.family} ({self.direction}, {', '.join(self.formats)}): {self.tensors} tensors, "
                 f"{self.bytes_written / mib:.1f} MiB in {self.seconds:.1f} s -> {self.output}\n"
                 f"peak RSS: {self.peak_rss / mib:.1f} MiB (growth during conversion {self.rss_growth / mib:.1f} MiB over "
                 f"{self.baseline_rss / mib:.1f} MiB at start)")
@@ -170,7 +171,8 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
     if unfilled:
         raise BenchError(f"Megatron parameter {unfilled[0]} has no Hugging Face source ({len(unfilled)} in all)",
                          hint="the converter's mapping does not cover this model configuration; report it")
-    report = Report("hf-to-mcore", shape.family, str(out_dir), list(formats), megatron_flags=shape.megatron_flags())
+    report = Report("hf-to-mcore", shape.family, str(out_dir), list(formats), megatron_flags=shape.megatron_flags(),
+                    notes=list(shape.notes))
     memory.trim()
     memory.reset_peak()  # after imports and the meta-model build: the conversion's own growth
     report.baseline_rss = memory.current_rss_bytes()

@@ -69,6 +69,7 @@ class ModelShape:
     mtp_layers: int = 0
     rope_scaling: dict[str, Any] | None = None
     fp8_block: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)  # differences between HF's and Megatron's computation
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -106,9 +107,9 @@ class ModelShape:
                 f += ["--q-lora-rank", str(self.q_lora_rank)]
             rs = self.rope_scaling or {}
             if rs.get("type", rs.get("rope_type")) == "yarn":
+                # original_max_position_embeddings / beta_fast / beta_slow have no flag for MLA in
+                # Megatron-Core 0.19.2: MLATransformerConfig's defaults (4096, 32, 1) apply (see notes)
                 f += ["--rope-type", "yarn", "--rotary-scaling-factor", str(rs["factor"]),
-                      "--original-max-position-embeddings", str(rs["original_max_position_embeddings"]),
-                      "--beta-fast", str(rs.get("beta_fast", 32)), "--beta-slow", str(rs.get("beta_slow", 1)),
                       "--mscale", str(rs.get("mscale", 1.0)), "--mscale-all-dim", str(rs.get("mscale_all_dim", 0.0))]
             else:
                 f += ["--rope-type", "rope"]
@@ -203,21 +204,28 @@ def shape_from_config(cfg: dict[str, Any]) -> ModelShape:
         return ModelShape(**common, **router, qk_norm=bool(cfg.get("use_qk_norm", False)),
                           qkv_bias=bool(cfg.get("attention_bias", False)), score_function="sigmoid", expert_bias=True)
     sigmoid = mt == "deepseek_v3" or cfg.get("scoring_func") == "sigmoid"
+    notes: list[str] = []
     if mt == "deepseek_v2":
         router["mtp_layers"] = 0
         if cfg.get("topk_method") == "group_limited_greedy":
-            # V2 ranks groups by their best expert; Megatron ranks them by the sum of their top
-            # (topk / group_topk) experts. The same only when that is 1.
-            if int(cfg["num_experts_per_tok"]) // int(cfg["topk_group"]) != 1:
-                router["group_note"] = True  # recorded in the conversion report
+            per = int(cfg["num_experts_per_tok"]) // int(cfg["topk_group"] or 1)
+            if per != 1:
+                # V2 ranks expert groups by their best expert; Megatron's group-limited routing
+                # ranks them by the sum of their top (topk / group_topk) experts
+                notes.append(f"DeepSeek-V2 group_limited_greedy ranks groups by their best expert; Megatron ranks them by the "
+                             f"sum of their top {per} experts (--moe-router-group-topk): routing can differ from Hugging Face's")
         else:
             router["n_group"] = None
-        router.pop("group_note", None)
+    rs = scaling or {}
+    if rs.get("type", rs.get("rope_type")) == "yarn":
+        for key, default in (("original_max_position_embeddings", 4096), ("beta_fast", 32), ("beta_slow", 1)):
+            if float(rs.get(key, default)) != float(default):
+                notes.append(f"rope_scaling.{key}={rs[key]} but Megatron-Core 0.19.2 has no flag for it with MLA (uses {default})")
     return ModelShape(
         **common, **router, mla=True, q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=int(cfg["kv_lora_rank"]),
         qk_nope_dim=int(cfg["qk_nope_head_dim"]), qk_rope_dim=int(cfg["qk_rope_head_dim"]),
         v_head_dim=int(cfg["v_head_dim"]), score_function="sigmoid" if sigmoid else "softmax",
-        expert_bias=mt == "deepseek_v3",
+        expert_bias=mt == "deepseek_v3", notes=notes,
     )
 
 
