@@ -501,7 +501,10 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
     best.per_rank_peak = per_rank
     if gpu_type:
         best.gpu_type = gpu_type
-        best.capacity = gpu_spec(gpu_type).memory_bytes
+        try:
+            best.capacity = gpu_spec(gpu_type).memory_bytes
+        except BenchError:  # a GPU we have no figures for: estimate, but nothing to check against
+            best.notes.append(f"no memory figure for GPU type {gpu_type!r}: the fit is not checked")
     if imbalance != 1.0:
         best.notes.append(f"MoE dispatch assumes the most loaded rank receives {imbalance:g}x the average tokens")
     if with_flops:
