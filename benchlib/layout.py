@@ -89,6 +89,12 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
                 f"world size {lay.world} is not divisible by PP*EP*ETP = {lay.pp}*{lay.ep}*{lay.etp}",
                 hint="the expert layout must tile the GPUs of each pipeline stage: change EP, ETP or NNODES",
             )
+        pattern = layer_pattern(arch.get("moe_layer_freq"))
+        if pattern is not None and len(pattern) != lay.num_layers:
+            raise BenchError(
+                f"--moe-layer-freq lists {len(pattern)} layers but NUM_LAYERS={lay.num_layers}",
+                hint="give --moe-layer-freq a pattern of NUM_LAYERS entries, e.g. --moe-layer-freq '([0]*1+[1]*(N-1))' with N written out",
+            )
     elif lay.ep > 1:
         raise BenchError(f"EP={lay.ep} but the model has no experts", hint="use EP=1")
     heads = arch.get("num_attention_heads")
@@ -124,6 +130,31 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
             f"GBS={lay.gbs} is not divisible by MBS*DP = {lay.mbs}*{dp} = {lay.mbs * dp}",
             hint=f"use a GBS that is a multiple of {lay.mbs * dp}",
         )
+
+
+def layer_pattern(value: Any) -> list[int] | None:
+    """Megatron's --moe-layer-freq as a list: an int N (every N-th layer MoE) gives None here;
+    a pattern such as "([0]*3+[1]*58)" is evaluated without eval (lists, ints, + and *)."""
+    import ast
+
+    if value is None or isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return None
+
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            return [ev(e) for e in node.elts]
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = ev(node.left), ev(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(ast.dump(node))
+
+    try:
+        out = ev(ast.parse(str(value), mode="eval").body)
+    except (SyntaxError, ValueError, TypeError):
+        raise BenchError(f"--moe-layer-freq {value!r} is not an int or a list pattern like ([0]*1+[1]*26)") from None
+    return out if isinstance(out, list) else None
 
 
 def _divisors(n: int) -> list[int]:

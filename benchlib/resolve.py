@@ -191,9 +191,10 @@ def resolve_run(
     knob_values = dataclasses.asdict(knobs)
     model_flags: dict[str, Any] = {flag: substitute(v, knob_values) for flag, v in model.model_args.items()}
     F.raise_max_positions(model_flags, knobs.SEQ_LEN)
-    extra_flags = set(F.tokens_to_dict(extra))
 
-    arch = F.megatron_arg_dict({k: v for k, v in model_flags.items() if v not in (None, False)})
+    # The architecture as it will run: the model's flags, overridden by the user's extra args.
+    extra_dict = F.tokens_to_dict(extra)
+    arch = F.megatron_arg_dict({**{k: v for k, v in model_flags.items() if v not in (None, False)}, **extra_dict})
     world = knobs.NNODES * gpus_per_node
     check_layout(
         Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN),
@@ -208,6 +209,7 @@ def resolve_run(
     if knobs.ENTRY == "pretrain_gpt" and not cluster.MEGATRON_PATH:
         raise BenchError("ENTRY=pretrain_gpt needs MEGATRON_PATH", hint="set MEGATRON_PATH in the cluster conf, or use ENTRY=driver")
 
+    extra_flags = set(extra_dict)
     backend = choose_backend(knobs, cluster)
     refuse_unsupported(backend, knobs, model_flags, extra_flags)
 

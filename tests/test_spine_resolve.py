@@ -185,7 +185,7 @@ def test_local_backend_refuses_mla(clean_env):
     if not mla:
         pytest.skip("no MLA model shipped")
     with pytest.raises(BenchError, match="multi-latent attention does not build with Megatron's local spec"):
-        resolve({**clean_env, **_single_node(mla[0]), "BACKEND": "local", "NUM_LAYERS": "4"}, "CLUSTER=template")
+        resolve({**clean_env, **_single_node(mla[0]), "BACKEND": "local", "NUM_LAYERS": "4"}, "CLUSTER=template", "--moe-layer-freq", "1")
 
 
 def test_auto_backend_is_te_in_pyxis_containers(clean_env):
@@ -213,3 +213,27 @@ def test_local_cluster_without_gpus_renders_for_one(clean_env):
     run = resolve({**clean_env, "MODEL": PROXY, "NNODES": "1", "EP": "1", "GBS": "8", "TP": "1", "PP": "1", "PP_FIRST": "0", "PP_LAST": "0", "VPP": "1", "CP": "1"}, "CLUSTER=local", mode="interactive", local_gpus=0)
     assert run.gpus_per_node == 1 and any("no NVIDIA GPU" in n for n in run.notes)
     assert "--exit-duration-in-mins" not in run.flags  # Slurm-only
+
+
+def test_moe_layer_pattern_must_match_num_layers(clean_env):
+    from benchlib.model_config import load_model
+
+    with_pattern = [m for m in MODELS if "[" in str(load_model(m).model_args.get("--moe-layer-freq", ""))]
+    if not with_pattern:
+        pytest.skip("no model with a layer pattern")
+    model = with_pattern[0]
+    with pytest.raises(BenchError, match=r"--moe-layer-freq lists \d+ layers but NUM_LAYERS=3"):
+        resolve({**clean_env, **_single_node(model, NUM_LAYERS="3")}, "CLUSTER=template")
+    # A pattern given as an extra argument replaces the model's and is what gets checked.
+    run = resolve({**clean_env, **_single_node(model, NUM_LAYERS="3")}, "CLUSTER=template", "--moe-layer-freq", "([0]*1+[1]*2)")
+    assert run.flags["--moe-layer-freq"] == "([0]*1+[1]*2)"
+
+
+def test_layer_pattern_parser():
+    from benchlib.layout import layer_pattern
+
+    assert layer_pattern("([0]*3+[1]*58)") == [0] * 3 + [1] * 58
+    assert layer_pattern("[1,0,1]") == [1, 0, 1]
+    assert layer_pattern(1) is None and layer_pattern("2") is None
+    with pytest.raises(BenchError):
+        layer_pattern("__import__('os').system('id')")

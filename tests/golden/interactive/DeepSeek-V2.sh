@@ -99,6 +99,8 @@ set +e
     --decoder-first-pipeline-num-layers 2 \
     --decoder-last-pipeline-num-layers 2 \
     --num-virtual-stages-per-pipeline-rank 2 \
+    --recompute-granularity selective \
+    --recompute-modules mla_up_proj moe layernorm \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run DeepSeek-V3-Proxy-TP1PP4EP32-bf16; edit the configs, not this file.
+# Rendered by benchlib from the resolved run DeepSeek-V3-Proxy-TP1PP8EP8-bf16; edit the configs, not this file.
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/DeepSeek-V3-Proxy/20260101-000000-DeepSeek-V3-Proxy-TP1PP4EP32-bf16
-LOG=/runs/DeepSeek-V3-Proxy/20260101-000000-DeepSeek-V3-Proxy-TP1PP4EP32-bf16/logs/train.log
+RUN_DIR=/runs/DeepSeek-V3-Proxy/20260101-000000-DeepSeek-V3-Proxy-TP1PP8EP8-bf16
+LOG=/runs/DeepSeek-V3-Proxy/20260101-000000-DeepSeek-V3-Proxy-TP1PP8EP8-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
@@ -28,8 +28,8 @@ set +e
   --master-addr="$MASTER_ADDR" --master-port=29500 \
   -m benchlib.driver \
     --tensor-model-parallel-size 1 \
-    --pipeline-model-parallel-size 4 \
-    --expert-model-parallel-size 32 \
+    --pipeline-model-parallel-size 8 \
+    --expert-model-parallel-size 8 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
     --micro-batch-size 1 \
@@ -97,8 +97,8 @@ set +e
     --bf16 \
     --moe-token-dispatcher-type alltoall \
     --moe-grouped-gemm \
-    --decoder-first-pipeline-num-layers 3 \
-    --decoder-last-pipeline-num-layers 3 \
+    --decoder-first-pipeline-num-layers 1 \
+    --decoder-last-pipeline-num-layers 1 \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

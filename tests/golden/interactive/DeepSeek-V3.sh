@@ -98,6 +98,8 @@ set +e
     --moe-grouped-gemm \
     --decoder-first-pipeline-num-layers 4 \
     --decoder-last-pipeline-num-layers 1 \
+    --recompute-granularity selective \
+    --recompute-modules mla_up_proj moe layernorm \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

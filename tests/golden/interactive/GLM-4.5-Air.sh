@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run GLM-4.5-Air-TP2PP4EP32-bf16; edit the configs, not this file.
+# Rendered by benchlib from the resolved run GLM-4.5-Air-TP2PP4EP8-bf16; edit the configs, not this file.
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16
-LOG=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP32-bf16/logs/train.log
+RUN_DIR=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP8-bf16
+LOG=/runs/GLM-4.5-Air/20260101-000000-GLM-4.5-Air-TP2PP4EP8-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
@@ -28,7 +28,7 @@ set +e
   -m benchlib.driver \
     --tensor-model-parallel-size 2 \
     --pipeline-model-parallel-size 4 \
-    --expert-model-parallel-size 32 \
+    --expert-model-parallel-size 8 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
     --micro-batch-size 1 \
@@ -87,8 +87,8 @@ set +e
     --moe-token-dispatcher-type alltoall \
     --moe-grouped-gemm \
     --sequence-parallel \
-    --decoder-first-pipeline-num-layers 12 \
-    --decoder-last-pipeline-num-layers 8 \
+    --decoder-first-pipeline-num-layers 13 \
+    --decoder-last-pipeline-num-layers 9 \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

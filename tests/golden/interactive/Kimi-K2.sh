@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run Kimi-K2-TP1PP16EP64-bf16; edit the configs, not this file.
+# Rendered by benchlib from the resolved run Kimi-K2-TP1PP16EP8-bf16; edit the configs, not this file.
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16
-LOG=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16/logs/train.log
+RUN_DIR=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP8-bf16
+LOG=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP8-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
@@ -29,7 +29,7 @@ set +e
   -m benchlib.driver \
     --tensor-model-parallel-size 1 \
     --pipeline-model-parallel-size 16 \
-    --expert-model-parallel-size 64 \
+    --expert-model-parallel-size 8 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
     --micro-batch-size 1 \
@@ -95,8 +95,11 @@ set +e
     --bf16 \
     --moe-token-dispatcher-type alltoall \
     --moe-grouped-gemm \
-    --decoder-first-pipeline-num-layers 3 \
-    --decoder-last-pipeline-num-layers 2 \
+    --decoder-first-pipeline-num-layers 4 \
+    --decoder-last-pipeline-num-layers 1 \
+    --recompute-granularity full \
+    --recompute-method uniform \
+    --recompute-num-layers 1 \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

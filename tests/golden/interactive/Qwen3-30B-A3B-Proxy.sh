@@ -30,8 +30,8 @@ set +e
     --expert-model-parallel-size 1 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
-    --micro-batch-size 1 \
-    --global-batch-size 8 \
+    --micro-batch-size 2 \
+    --global-batch-size 16 \
     --seq-length 4096 \
     --num-layers 4 \
     --use-distributed-optimizer \
