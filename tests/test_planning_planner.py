@@ -88,3 +88,9 @@ def test_full_recompute_costs_time_and_saves_memory():
     m_none = estimate_from_args(_args_for(args, lay, "none", ""), lay).activation_total
     m_full = estimate_from_args(_args_for(args, lay, "full", ""), lay).activation_total
     assert m_full < m_none
+
+
+def test_planning_for_the_torch_native_spec_keeps_to_what_it_can_run():
+    result = plan("Qwen3-30B-A3B-Proxy", nodes=1, gpu="H200", backend="native")
+    assert result.ranked
+    assert all((c.knobs["TP"], c.knobs["CP"], c.knobs["ETP"]) == (1, 1, 1) for c in result.ranked)

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gbs", type=int, default=None)
     p.add_argument("--num-layers", type=int, default=None, help="default: the model's shipped NUM_LAYERS")
     p.add_argument("--gpus-per-node", type=int, default=None, help="default: the GPU type's usual node (4 on GB200)")
+    p.add_argument("--backend", choices=("te", "native", "local"), default="te",
+                   help="layer implementation the memory estimate assumes (default te: a cluster with Transformer Engine)")
     p.add_argument("--json", action="store_true", help="print the ranked layouts as JSON")
     p.set_defaults(func=_plan)
 
@@ -111,7 +113,7 @@ def _plan(args: argparse.Namespace) -> int:
     from .planner import plan, print_plan
 
     result = plan(args.model, nodes=args.nodes, gpu=args.gpu, seq_len=args.seq_len, gbs=args.gbs,
-                  num_layers=args.num_layers, gpus_per_node=args.gpus_per_node)
+                  num_layers=args.num_layers, gpus_per_node=args.gpus_per_node, backend=args.backend)
     if args.json:
         print(json.dumps(result.to_json(args.top), indent=2))
     else:

@@ -280,7 +280,9 @@ def _args_for(base: dict[str, Any], lay: Layout, recompute: str, modules: str) -
 
 
 def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: int | None = None,
-         num_layers: int | None = None, gpus_per_node: int | None = None) -> PlanResult:
+         num_layers: int | None = None, gpus_per_node: int | None = None, backend: str = "te") -> PlanResult:
+    """`backend`: the layer implementation the memory estimate assumes: te (a cluster with
+    Transformer Engine, the default), native (benchlib's torch spec) or local (Megatron's)."""
     from ..resolve import resolve_run
 
     start = time.monotonic()
@@ -288,6 +290,8 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
     gpn = gpus_per_node or spec.gpus_per_node
     if nodes < 1:
         raise BenchError(f"--nodes {nodes} must be at least 1")
+    if backend not in ("te", "native", "local"):
+        raise BenchError(f"unknown backend {backend!r}", hint="use te, native or local")
     # The shipped defaults for this model on this GPU type (runtime.conf), on a TE cluster.
     argv = [f"MODEL={model}", f"GPU_TYPE={spec.name}", f"GPUS_PER_NODE={gpn}"]
     default_run = resolve_run(argv, {"CLUSTER": "template"})
@@ -305,6 +309,15 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
 
     tps = [t for t in (1, 2, 4, 8) if t <= gpn and shape.heads % t == 0 and shape.query_groups % t == 0]
     cps = [c for c in (1, 2, 4, 8) if seq % (2 * c) == 0 and (c == 1 or seq >= 8192)]
+    if backend != "te":
+        # What the launch refuses without Transformer Engine (benchlib.backend.refuse_unsupported),
+        # checked on the shipped knobs; and what the torch-native spec cannot build: TP>1 (sequence
+        # parallelism with torch norms), CP>1, ETP>1.
+        from ..backend import BackendChoice, refuse_unsupported
+
+        refuse_unsupported(BackendChoice(backend, f"plan --backend {backend}", [], {}), k0,
+                           default_run.model.model_args, set())
+        tps, cps = [1], [1]
     eps = _divisors(shape.num_experts) if shape.num_experts else [1]
     ranked: list[Candidate] = []
     considered = invalid = too_big = 0
@@ -316,7 +329,7 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
 
     def evaluate(knobs: dict[str, Any], lay: Layout) -> tuple[Candidate | None, str]:
         args = _args_for(base, lay, knobs["RECOMPUTE"], knobs.get("RECOMPUTE_MODULES", ""))
-        est = estimate_from_args(args, lay, backend=default_run.backend.name, gpu_type=spec.name, with_flops=False)
+        est = estimate_from_args(args, lay, backend=backend, gpu_type=spec.name, with_flops=False)
         if not est.fits():
             return None, f"does not fit: estimated {est.total / GIB:.1f} GiB > {spec.memory_bytes / GIB:.1f} GiB"
         secs, parts = _cost(args, shape, lay, spec, gpn, precision, knobs["RECOMPUTE"], knobs.get("RECOMPUTE_MODULES", ""))

@@ -202,8 +202,9 @@ def sweep_from_plan(model: str, shared: list[str], environ: Mapping[str, str], *
     probe = resolve_run([f"MODEL={model}", *[f"{k}={v}" for k, v in shared_knobs.items() if k != "MODEL"]], environ)
     gpu_type = gpu or probe.cluster.GPU_TYPE
     n = nodes or probe.knobs.NNODES
+    # Plan with the memory model of the backend this cluster's runs will use.
     result = plan(model, nodes=n, gpu=gpu_type, gpus_per_node=probe.gpus_per_node, seq_len=probe.knobs.SEQ_LEN,
-                  gbs=probe.knobs.GBS)
+                  gbs=probe.knobs.GBS, backend=probe.backend.name)
     if not result.ranked:
         raise BenchError(f"the plan for {model} on {n} x {gpu_type} found no layout that fits",
                          hint="more nodes, or a shorter SEQ_LEN")
