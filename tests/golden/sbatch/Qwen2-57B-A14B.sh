@@ -41,6 +41,7 @@ export MASTER_PORT=29500
 
 # One task per GPU (--ntasks-per-node above), output labelled with the task's rank.
 SRUN_ARGS=(--label --kill-on-bad-exit=1)
+# shellcheck disable=SC2054  # the commas separate mounts inside one argument
 CONTAINER_ARGS=(
   --container-image=/images/megatron-moe-bench.sqsh
   --container-mounts=@SUITE_ROOT@:@SUITE_ROOT@,/runs:/runs,/lustre:/lustre
@@ -53,6 +54,7 @@ CONTAINER_ARGS=(
 # (Megatron's --exit-signal-handler finishes the iteration, saves if --save is set, and exits).
 CUT=""
 STEP_PID=""
+# shellcheck disable=SC2329  # the two handlers run through `trap`
 on_time_limit() {
   CUT="time limit"
   mark_incomplete "stopped by the time limit (120 s warning before --time=00:20:00)"
@@ -60,6 +62,7 @@ on_time_limit() {
   scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || { [ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null; } || true
 }
 # SIGTERM to this shell: the job was cancelled, or the limit came before the step stopped.
+# shellcheck disable=SC2329
 on_terminate() {
   mark_incomplete "terminated by Slurm (cancelled, or killed at the time limit)"
   note "terminated by Slurm"
@@ -76,6 +79,7 @@ mkfifo "$FIFO"
 tee -a "$LOG" < "$FIFO" &
 TEE_PID=$!
 note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s), master $MASTER_ADDR:$MASTER_PORT, log $LOG"
+# shellcheck disable=SC2016  # $SLURM_PROCID etc. expand in each task, not here
 srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
   bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
   python3 -m benchlib.driver \
