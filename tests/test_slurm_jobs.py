@@ -223,6 +223,8 @@ def test_singleton_holds_the_second_job(slurm_cluster: SlurmCluster) -> None:
         info = slurm_cluster.scontrol_job(second)
     assert (info["JobState"], info["Reason"]) == ("PENDING", "Dependency"), info
     assert info["JobName"] == slurm_cluster.scontrol_job(first)["JobName"]
+    res = bench(slurm_cluster, "status", second)
+    assert "PENDING (Dependency)" in res.stdout, res.stdout
     # Once the first ends, the second runs.
     assert bench(slurm_cluster, "stop", first).returncode == 0
     slurm_cluster.wait_state(second, {"RUNNING"}, timeout=60)
