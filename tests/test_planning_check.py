@@ -66,3 +66,11 @@ def test_launch_refuses_before_anything_is_written_and_mem_check_0_lets_it_throu
     monkeypatch.setenv("DRY_RUN", "1")
     assert main(argv + ["MEM_CHECK=0"]) == 0
     assert "#SBATCH" in capsys.readouterr().out
+
+
+def test_estimate_options_after_the_model_are_options_not_megatron_args(capsys):
+    import json
+
+    assert main(["estimate", "Qwen3-30B-A3B-Proxy", "CLUSTER=template", "--gpu", "H200", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["gpu_type"] == "H200" and data["peak_allocated"] <= data["total"] <= data["capacity"]

@@ -68,6 +68,16 @@ def _rest(rest: list[str]) -> list[str]:
 def _estimate(args: argparse.Namespace) -> int:
     from .memory import estimate_from_args, estimate_memory
 
+    # Options written after MODEL land in `rest` (argparse's REMAINDER): take ours back out.
+    inner = argparse.ArgumentParser(add_help=False, allow_abbrev=False, prog="benchlib estimate")
+    inner.add_argument("--record", type=Path, default=argparse.SUPPRESS)
+    inner.add_argument("--log", type=Path, nargs="+", default=argparse.SUPPRESS)
+    inner.add_argument("--gpu", default=argparse.SUPPRESS)
+    inner.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    found, args.rest = inner.parse_known_args(list(args.rest))
+    for key, value in vars(found).items():
+        setattr(args, key, value)
+
     measured = None
     if args.log:
         from ..metrics.logparse import parse_log
