@@ -36,6 +36,9 @@ LAYOUT_OVERRIDE_FLAGS = (
     "--num-layers-per-virtual-pipeline-stage",
     "--num-virtual-stages-per-pipeline-rank",
 )
+# Benchmarks train only (--eval-iters 0): all documents go to training. A split with weight but
+# no document makes Megatron-Core 0.19.2 loop forever building it (small corpora).
+RUN_SPLIT = "100,0,0"
 EXIT_MARGIN_MINUTES = 5  # leave time to write logs / results before Slurm's kill
 
 
@@ -105,7 +108,7 @@ def _data_flags(k: Knobs, cluster: ClusterConfig, data_path: str, tokenizer: str
             hint=f"set them in a [{k.MODEL}] section of cluster_configs/benchmarking/{cluster.NAME}.conf, "
             "pass them as KEY=VALUE, or use DATA=mock",
         )
-    return [("--data-path", data_path), ("--tokenizer-type", "HuggingFaceTokenizer"), ("--tokenizer-model", tokenizer), ("--split", "99,1,0")]
+    return [("--data-path", data_path), ("--tokenizer-type", "HuggingFaceTokenizer"), ("--tokenizer-model", tokenizer), ("--split", RUN_SPLIT)]
 
 
 def _checkpoint_flags(k: Knobs, cluster: ClusterConfig, load_path: str) -> FlagList:

@@ -7,8 +7,7 @@ small for the split a DATA=real run renders.
 """
 from __future__ import annotations
 
-# What benchlib.flags renders for DATA=real (a test checks they agree).
-RUN_SPLIT = "99,1,0"
+from ..flags import RUN_SPLIT  # what a DATA=real run renders
 SPLIT_NAMES = ("train", "valid", "test")
 
 
