@@ -138,3 +138,37 @@ def test_deepseek_v3_yarn_rope_parity(tmp_path: Path) -> None:
     tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(5))
     diff = (tiny_hf.hf_logits(model, tokens) - tiny_hf.megatron_logits(tmp_path / "mc", tokens)).abs().max().item()
     assert diff < 1e-4, diff
+
+
+@pytest.mark.parametrize("family", ["Qwen3-MoE", "DeepSeek-V3"])
+def test_checkpoint_saved_by_megatron_converts_back(family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mcore-to-hf reads what Megatron itself saves (dist_checkpointing.save of the model's sharded
+    state dict, as after training), not only what hf-to-mcore wrote. Megatron's writer calls
+    torch.cuda.synchronize() / current_device() unconditionally; on this CPU-only machine they are
+    answered as no-op / "cpu" (faked: no GPU here)."""
+    import torch
+    from megatron.core import dist_checkpointing
+
+    from benchlib.convert.convert import hf_to_mcore, mcore_to_hf
+
+    pytest.importorskip("psutil")  # Megatron's checkpoint writer needs it (undeclared by megatron-core)
+    hf_dir, _ = tiny_hf.build(family, tmp_path / "hf")
+    hf_to_mcore(hf_dir, tmp_path / "mc", dtype="fp32")
+    model, _ = tiny_hf.build_megatron(tmp_path / "mc")
+    state = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(tmp_path / "mc" / "iter_0000001"))
+    model.load_state_dict(state["model"])
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    saved = tmp_path / "trained"
+    (saved / "iter_0000005").mkdir(parents=True)
+    from benchlib.convert.mcore_build import cpu_current_device
+
+    with cpu_current_device():  # Megatron's writer also asks torch.cuda.current_device()
+        dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 5},
+                                str(saved / "iter_0000005"))
+    (saved / "latest_checkpointed_iteration.txt").write_text("5")
+    mcore_to_hf(saved, tmp_path / "back", hf_config=hf_dir, dtype="fp32")
+    a, b = _hf_tensors(hf_dir), _hf_tensors(tmp_path / "back")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
