@@ -79,8 +79,19 @@ def timeout_job(slurm_cluster: SlurmCluster) -> tuple[str, Path, float]:
     return job_id, run_dir, t0
 
 
+@pytest.fixture(scope="module")
+def megatron_timeout_job(slurm_cluster: SlurmCluster) -> tuple[str, Path]:
+    from conftest import HAS_MEGATRON
+
+    if not HAS_MEGATRON:
+        return "", Path()
+    script = ROOT / "tests" / "fixtures" / "slurm" / "megatron_signal_step.py"
+    cmd = f"env GLOO_SOCKET_IFNAME=lo {sys.executable} {script}"
+    return launch(slurm_cluster, ENTRY="command", ENTRY_COMMAND=cmd, RUN_TIME="00:01:00", COMMENT="mcore-timelimit")
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _start_timeout_job_early(timeout_job):
+def _start_timeout_jobs_early(timeout_job, megatron_timeout_job):
     yield
 
 
@@ -377,3 +388,22 @@ def test_daemons_listen_on_loopback_only(slurm_cluster: SlurmCluster) -> None:
     for name, pid in slurm_cluster.pids.items():
         addrs = _listening_addresses(pid)
         assert addrs == {"127.0.0.1"}, f"{name} listens on {addrs}"
+
+
+@pytest.mark.megatron
+def test_time_limit_stops_megatron_signal_handler_on_every_rank(slurm_cluster: SlurmCluster, megatron_timeout_job) -> None:
+    """The warning's SIGTERM reaches Megatron's DistributedSignalHandler on every rank: they agree on
+    one iteration, stop cleanly (exit 0), and the job still ends TIMEOUT with the marker."""
+    job_id, run_dir = megatron_timeout_job
+    row = slurm_cluster.wait_finished(job_id, timeout=200)
+    log = log_text(run_dir)
+    assert row["State"] == "TIMEOUT", (row, log[-2000:])
+    stops = dict(re.findall(r"^\d+: rank (\d+) stopped at iteration (\d+)$", log, re.M))
+    assert set(stops) == {"0", "1"} and len(set(stops.values())) == 1, log[-2000:]
+    assert re.search(r"^0: \[exiting program after receiving SIGTERM\.\]", log, re.M)
+    assert "time limit" in (run_dir / "INCOMPLETE").read_text()
+    # The partial log was collected, and not as a finished run.
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] != "completed"
+    last = max(int(n) for n in re.findall(r"iteration\s+(\d+)/", log))
+    assert last == int(next(iter(stops.values())))
