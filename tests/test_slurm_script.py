@@ -197,3 +197,19 @@ def test_shellcheck_passes_on_rendered_scripts(clean_env, tmp_path: Path, runtim
     # -S warning: notes such as SC2016 ("$ in single quotes") are what quoting a hostile value looks like.
     res = subprocess.run([exe, "-s", "bash", "-S", "warning", "-f", "gcc", str(path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_status_without_slurm_reads_the_run_dir(tmp_path: Path, monkeypatch, capsys) -> None:
+    """On a machine without Slurm tools, `status RUN` still reports the log's progress and the marker."""
+    from benchlib.cli import main
+
+    run_dir = tmp_path / "Model" / "20260101-000000-Model-TP1PP1EP1-bf16"
+    (run_dir / "logs").mkdir(parents=True)
+    (run_dir / "slurm_job.json").write_text('{"job_id": "77", "log": "logs/train.log"}')
+    (run_dir / "logs" / "train.log").write_text("3:  [2026-11-21 10:00:02] iteration        7/      20 | consumed samples: 7 |\n")
+    (run_dir / "INCOMPLETE").write_text("job 77: started\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "77 (no Slurm client on this machine)" in out
+    assert "iteration 7/20" in out and "INCOMPLETE" in out

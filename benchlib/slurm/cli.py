@@ -58,6 +58,14 @@ def resolve_target(target: str, cluster_name: str | None) -> tuple[Path | None, 
     )
 
 
+def _slurm_view(job_id: str) -> list[JobInfo]:
+    """What Slurm says about a job; nothing when this machine has no Slurm client (the run directory
+    still tells the progress, the marker and the result)."""
+    if not job_id or not tools.have("scontrol"):
+        return []
+    return job_infos(job_id)
+
+
 def _run_summary(run_dir: Path | None, job_id: str, jobs: list[JobInfo]) -> dict:
     info: dict = {"job_id": job_id, "run_dir": str(run_dir) if run_dir else None}
     info["jobs"] = [asdict(j) for j in jobs]
@@ -76,7 +84,8 @@ def _print_summary(s: dict) -> None:
     if s["run_dir"]:
         print(f"run dir:  {s['run_dir']}")
     if not jobs:
-        print(f"job:      {s['job_id']} (Slurm no longer knows this job)")
+        why = "Slurm no longer knows this job" if tools.have("scontrol") else "no Slurm client on this machine"
+        print(f"job:      {s['job_id']} ({why})")
     for job in jobs:
         print(f"job:      {job.job_id} {job.name}")
         print(f"state:    {job.describe()}")
@@ -94,7 +103,7 @@ def _print_summary(s: dict) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     if args.target:
         run_dir, job_id = resolve_target(args.target, args.cluster)
-        summary = _run_summary(run_dir, job_id, job_infos(job_id))
+        summary = _run_summary(run_dir, job_id, _slurm_view(job_id))
         if args.json:
             print(json.dumps(summary, indent=2))
         else:
@@ -104,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = []
     for run_dir in list(iter_run_dirs(root))[: args.limit]:
         job_id = str((read_record(run_dir) or {}).get("job_id", ""))
-        rows.append(_run_summary(run_dir, job_id, job_infos(job_id) if job_id else []))
+        rows.append(_run_summary(run_dir, job_id, _slurm_view(job_id)))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
