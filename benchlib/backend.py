@@ -26,8 +26,9 @@ LOCAL_FLAGS: list[tuple[str, Any]] = [
     ("--no-masked-softmax-fusion", True),
     ("--no-rope-fusion", True),
 ]
-# The driver swaps in benchlib's spec when it sees BENCH_SPEC=native in the environment
-# (Megatron's --spec expects its own module paths, see docs/gpu.md).
+# benchlib's torch-native spec: the driver sees BENCH_SPEC=native and adds
+# `--spec benchlib.spec native_spec` (Megatron's --spec accepts it too; 0.19.2's GPTModelBuilder
+# calls the function). Megatron-LM's pretrain_gpt.py cannot use it (needs ENTRY=driver). docs/gpu.md.
 NATIVE_FLAGS: list[tuple[str, Any]] = list(LOCAL_FLAGS)
 NATIVE_ENV = {"BENCH_SPEC": "native"}
 
@@ -40,6 +41,12 @@ TE_ONLY_EXTRA_FLAGS = {
     "--tp-comm-overlap": "TP communication overlap needs Transformer Engine userbuffers",
     "--sequence-parallel": "torch norms refuse sequence parallelism (Megatron needs TE's norms for it)",
     "--overlap-moe-expert-parallel-comm": "all-to-all overlap needs delayed wgrad, which needs Transformer Engine",
+    "--delay-wgrad-compute": "delayed weight-gradient compute needs Transformer Engine's grouped linear",
+    "--fp8-recipe": "fp8 needs Transformer Engine",
+    "--fp8-param-gather": "fp8 needs Transformer Engine",
+    "--moe-flex-dispatcher-backend": "the flex dispatcher needs DeepEP or HybridEP (and Transformer Engine)",
+    "--cuda-graph-impl": "CUDA graphs need Transformer Engine's RNG tracker",
+    "--use-te-activation-func": "a Transformer Engine activation",
 }
 
 
