@@ -44,7 +44,7 @@ def directives(script: str) -> list[str]:
 
 
 def srun_words(script: str) -> str:
-    return script[script.index("CONTAINER_ARGS=") : script.index("> \"$FIFO\"")]
+    return script[script.index("CONTAINER_ARGS=") : script.index("| tee -a \"$LOG\"")]
 
 
 def test_pyxis_script_carries_container_flags(clean_env, tmp_path: Path) -> None:
@@ -69,7 +69,9 @@ def test_pyxis_script_carries_container_flags(clean_env, tmp_path: Path) -> None
 def test_runtime_none_is_plain_srun(clean_env) -> None:
     _, script = render(clean_env, CONTAINER_RUNTIME="none")
     assert "--container" not in script and "--mpi" not in script
-    assert re.search(r'^srun "\$\{SRUN_ARGS\[@\]\}" "\$\{CONTAINER_ARGS\[@\]\}"', script, re.M)
+    assert re.search(r'^\s*srun "\$\{SRUN_ARGS\[@\]\}" "\$\{CONTAINER_ARGS\[@\]\}"', script, re.M)
+    # Output tee'd to the run's log under pipefail: the pipeline's status is srun's.
+    assert re.search(r'^\s*2>&1 \| tee -a "\$LOG"$', script, re.M) and "set -euo pipefail" in script
     assert "SRUN_ARGS=(--label --kill-on-bad-exit=1)" in script
 
 

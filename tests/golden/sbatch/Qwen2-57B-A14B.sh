@@ -53,13 +53,13 @@ CONTAINER_ARGS=(
 # Time-limit warning (--signal=B:USR1 above): ask the training step to stop cleanly with SIGTERM
 # (Megatron's --exit-signal-handler finishes the iteration, saves if --save is set, and exits).
 CUT=""
-STEP_PID=""
 # shellcheck disable=SC2329  # the two handlers run through `trap`
 on_time_limit() {
   CUT="time limit"
   mark_incomplete "stopped by the time limit (120 s warning before --time=00:20:00)"
   note "time limit in about 120 s: sending SIGTERM to the training step"
-  scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null || { [ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null; } || true
+  # Signals the job's steps, not this shell; without it Slurm still stops the step at the limit.
+  scancel --signal=TERM "$SLURM_JOB_ID" || note "could not signal the step (scancel failed)"
 }
 # SIGTERM to this shell: the job was cancelled, or the limit came before the step stopped.
 # shellcheck disable=SC2329
@@ -71,93 +71,88 @@ on_terminate() {
 trap on_time_limit USR1
 trap on_terminate TERM INT
 
-# The step runs in the background so the traps above run while it does (bash runs a trap only
-# after a foreground pipeline ends). A FIFO carries its output to tee: the log gets every line
-# and the status we keep is srun's own, which is training's.
-FIFO="$(mktemp -u "${TMPDIR:-/tmp}/bench-step.XXXXXX")"
-mkfifo "$FIFO"
-tee -a "$LOG" < "$FIFO" &
-TEE_PID=$!
 note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s), master $MASTER_ADDR:$MASTER_PORT, log $LOG"
+# The step's pipeline runs in the background so the traps above run while it does (bash runs a
+# trap only after a foreground pipeline ends). With pipefail its status is srun's, i.e. training's.
 # shellcheck disable=SC2016  # $SLURM_PROCID etc. expand in each task, not here
-srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
-  bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
-  python3 -m benchlib.driver \
-    --tensor-model-parallel-size 2 \
-    --pipeline-model-parallel-size 4 \
-    --expert-model-parallel-size 4 \
-    --expert-tensor-parallel-size 1 \
-    --context-parallel-size 1 \
-    --micro-batch-size 1 \
-    --global-batch-size 256 \
-    --seq-length 4096 \
-    --num-layers 28 \
-    --use-distributed-optimizer \
-    --overlap-grad-reduce \
-    --overlap-param-gather \
-    --hidden-size 3584 \
-    --ffn-hidden-size 18944 \
-    --num-attention-heads 28 \
-    --group-query-attention \
-    --num-query-groups 4 \
-    --kv-channels 128 \
-    --add-qkv-bias \
-    --normalization RMSNorm \
-    --norm-epsilon 1e-6 \
-    --swiglu \
-    --disable-bias-linear \
-    --untie-embeddings-and-output-weights \
-    --position-embedding-type rope \
-    --rotary-base 1000000 \
-    --rotary-percent 1.0 \
-    --max-position-embeddings 131072 \
-    --vocab-size 151936 \
-    --make-vocab-size-divisible-by 128 \
-    --num-experts 64 \
-    --moe-router-topk 8 \
-    --moe-ffn-hidden-size 2560 \
-    --moe-shared-expert-intermediate-size 20480 \
-    --moe-shared-expert-gate \
-    --moe-router-score-function softmax \
-    --moe-router-pre-softmax \
-    --moe-router-load-balancing-type aux_loss \
-    --moe-aux-loss-coeff 1e-3 \
-    --moe-router-dtype fp32 \
-    --lr 0.0003 \
-    --min-lr 3e-05 \
-    --lr-decay-style cosine \
-    --lr-warmup-fraction 0.1 \
-    --weight-decay 0.1 \
-    --clip-grad 1.0 \
-    --adam-beta1 0.9 \
-    --adam-beta2 0.95 \
-    --init-method-std 0.02 \
-    --attention-dropout 0 \
-    --hidden-dropout 0 \
-    --transformer-impl transformer_engine \
-    --moe-permute-fusion \
-    --bf16 \
-    --moe-token-dispatcher-type alltoall \
-    --moe-grouped-gemm \
-    --sequence-parallel \
-    --num-virtual-stages-per-pipeline-rank 7 \
-    --mock-data \
-    --tokenizer-type NullTokenizer \
-    --train-iters 50 \
-    --log-interval 1 \
-    --log-throughput \
-    --eval-iters 0 \
-    --exit-signal-handler \
-    --exit-duration-in-mins 15 \
-  > "$FIFO" 2>&1 &
+(
+  srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
+    bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
+    python3 -m benchlib.driver \
+      --tensor-model-parallel-size 2 \
+      --pipeline-model-parallel-size 4 \
+      --expert-model-parallel-size 4 \
+      --expert-tensor-parallel-size 1 \
+      --context-parallel-size 1 \
+      --micro-batch-size 1 \
+      --global-batch-size 256 \
+      --seq-length 4096 \
+      --num-layers 28 \
+      --use-distributed-optimizer \
+      --overlap-grad-reduce \
+      --overlap-param-gather \
+      --hidden-size 3584 \
+      --ffn-hidden-size 18944 \
+      --num-attention-heads 28 \
+      --group-query-attention \
+      --num-query-groups 4 \
+      --kv-channels 128 \
+      --add-qkv-bias \
+      --normalization RMSNorm \
+      --norm-epsilon 1e-6 \
+      --swiglu \
+      --disable-bias-linear \
+      --untie-embeddings-and-output-weights \
+      --position-embedding-type rope \
+      --rotary-base 1000000 \
+      --rotary-percent 1.0 \
+      --max-position-embeddings 131072 \
+      --vocab-size 151936 \
+      --make-vocab-size-divisible-by 128 \
+      --num-experts 64 \
+      --moe-router-topk 8 \
+      --moe-ffn-hidden-size 2560 \
+      --moe-shared-expert-intermediate-size 20480 \
+      --moe-shared-expert-gate \
+      --moe-router-score-function softmax \
+      --moe-router-pre-softmax \
+      --moe-router-load-balancing-type aux_loss \
+      --moe-aux-loss-coeff 1e-3 \
+      --moe-router-dtype fp32 \
+      --lr 0.0003 \
+      --min-lr 3e-05 \
+      --lr-decay-style cosine \
+      --lr-warmup-fraction 0.1 \
+      --weight-decay 0.1 \
+      --clip-grad 1.0 \
+      --adam-beta1 0.9 \
+      --adam-beta2 0.95 \
+      --init-method-std 0.02 \
+      --attention-dropout 0 \
+      --hidden-dropout 0 \
+      --transformer-impl transformer_engine \
+      --moe-permute-fusion \
+      --bf16 \
+      --moe-token-dispatcher-type alltoall \
+      --moe-grouped-gemm \
+      --sequence-parallel \
+      --num-virtual-stages-per-pipeline-rank 7 \
+      --mock-data \
+      --tokenizer-type NullTokenizer \
+      --train-iters 50 \
+      --log-interval 1 \
+      --log-throughput \
+      --eval-iters 0 \
+      --exit-signal-handler \
+      --exit-duration-in-mins 15 \
+    2>&1 | tee -a "$LOG"
+) &
 STEP_PID=$!
 status=0
 while :; do
   wait "$STEP_PID" && status=0 || status=$?
   kill -0 "$STEP_PID" 2>/dev/null || break  # still running: a trapped signal woke us up
 done
-wait "$TEE_PID" || true
-rm -f "$FIFO"
 trap '' USR1
 
 # Verdict. Megatron exits 0 also when it stops early (signal, --exit-duration-in-mins): its
