@@ -358,7 +358,12 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         raise RuntimeError(f"Slurm is not installed ({', '.join(missing)} missing): run `bash tests/install_slurm.sh` first (as root)")
     if _SHARED["cluster"] is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-slurm-"))
-        cluster = start_cluster(tmp)
+        try:
+            cluster = start_cluster(tmp)
+        except BaseException:
+            if os.environ.get("BENCH_KEEP_SLURM_DIR") != "1":  # the error carries the daemons' output
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         _SHARED.update(cluster=cluster, tmp=tmp, saved_env=os.environ.get("SLURM_CONF"))
         os.environ["SLURM_CONF"] = str(cluster.conf)
     _SHARED["users"] = int(_SHARED["users"]) + 1  # type: ignore[call-overload]
