@@ -45,10 +45,16 @@ def parse_megatron_args(flags: list[str], gpu_capability: tuple[int, int] = (9, 
     os.environ.setdefault("WORLD_SIZE", "1")
     old_argv = sys.argv
     sys.argv = ["benchlib-convert"] + list(flags)
+    import megatron.training.arguments as margs
+
     real_cap = torch.cuda.get_device_capability
+    real_arch = getattr(margs, "get_device_arch_version", None)
     try:
         if not torch.cuda.is_available():
+            # validate_args asks the GPU's capability (and, for TP>1, its architecture)
             torch.cuda.get_device_capability = lambda *a, **k: gpu_capability  # type: ignore[assignment]
+            if real_arch is not None:
+                margs.get_device_arch_version = lambda: gpu_capability[0]
         args = parse_args()
         import io
         import contextlib
@@ -58,6 +64,8 @@ def parse_megatron_args(flags: list[str], gpu_capability: tuple[int, int] = (9, 
     finally:
         sys.argv = old_argv
         torch.cuda.get_device_capability = real_cap  # type: ignore[assignment]
+        if real_arch is not None:
+            margs.get_device_arch_version = real_arch
     return args
 
 
