@@ -87,7 +87,9 @@ def test_legacy_round_trip_tp_pp_uneven_ep(family: str, tmp_path: Path) -> None:
 NATIVE = "benchlib.spec.layer_spec:build_native_spec"
 
 
-@pytest.mark.parametrize(("family", "convert_spec"), [("Qwen3-MoE", None), ("DeepSeek-V3", None), ("GLM-4.5-Air", NATIVE)])
+@pytest.mark.parametrize(
+    ("family", "convert_spec"), [("Qwen3-MoE", None), ("DeepSeek-V3", None), ("GLM-4.5-Air", NATIVE), ("DeepSeek-V2-Lite", NATIVE)]
+)
 def test_native_spec_loads_the_checkpoint_with_parity(family: str, convert_spec: str | None, tmp_path: Path) -> None:
     """The suite's torch-native spec (benchlib.spec: SDPA attention, grouped experts named weight{i})
     loads a torch_dist checkpoint converted with Megatron's local spec (same sharded keys), and one
