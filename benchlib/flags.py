@@ -6,7 +6,6 @@ occurrence of a flag).
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Iterable
 
@@ -39,16 +38,6 @@ LAYOUT_OVERRIDE_FLAGS = (
 # Benchmarks train only (--eval-iters 0): all documents go to training. A split with weight but
 # no document makes Megatron-Core 0.19.2 loop forever building it (small corpora).
 RUN_SPLIT = "100,0,0"
-EXIT_MARGIN_MINUTES = 5  # leave time to write logs / results before Slurm's kill
-
-
-def run_time_minutes(run_time: str) -> int:
-    days = 0
-    if "-" in run_time:
-        d, run_time = run_time.split("-", 1)
-        days = int(d)
-    h, m, s = (int(x) for x in run_time.split(":"))
-    return days * 1440 + h * 60 + m + math.ceil(s / 60)
 
 
 def _precision_flags(k: Knobs) -> FlagList:
@@ -122,7 +111,9 @@ def _checkpoint_flags(k: Knobs, cluster: ClusterConfig, load_path: str) -> FlagL
     return [("--load", load_path), ("--no-load-optim", True), ("--no-load-rng", True)]
 
 
-def _training_flags(k: Knobs, run_dir: str, for_slurm: bool) -> FlagList:
+def _training_flags(k: Knobs, run_dir: str) -> FlagList:
+    # No --exit-duration-in-mins: under Slurm the job's time-limit warning sends SIGTERM, which
+    # --exit-signal-handler turns into a clean stop (one mechanism, see docs/slurm.md).
     out: FlagList = [
         ("--train-iters", k.TRAIN_ITERS),
         ("--log-interval", 1),
@@ -130,8 +121,6 @@ def _training_flags(k: Knobs, run_dir: str, for_slurm: bool) -> FlagList:
         ("--eval-iters", 0),
         ("--exit-signal-handler", True),
     ]
-    if for_slurm:
-        out.append(("--exit-duration-in-mins", max(1, run_time_minutes(k.RUN_TIME) - EXIT_MARGIN_MINUTES)))
     if k.PROFILE != "0":
         start, _, end = k.PROFILE_STEPS.partition(":")
         if not (start.isdigit() and end.isdigit() and int(start) < int(end)):
@@ -151,7 +140,6 @@ def derived_flags(
     extra_flags: set[str],
     *,
     run_dir: str,
-    for_slurm: bool,
     data_path: str,
     tokenizer: str,
     load_path: str,
@@ -164,7 +152,7 @@ def derived_flags(
         *_optimizer_flags(k),
         *_data_flags(k, cluster, data_path, tokenizer),
         *_checkpoint_flags(k, cluster, load_path),
-        *_training_flags(k, run_dir, for_slurm),
+        *_training_flags(k, run_dir),
     ]
 
 

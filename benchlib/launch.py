@@ -66,6 +66,10 @@ def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None)
             "no NVIDIA GPU on this machine, so there is nothing to train on",
             hint=f"DRY_RUN=1 MODEL={run.model.name} bash interactive_benchmarking.sh prints what would run",
         )
+    if mode == "sbatch":
+        from .slurm.submit import check_can_submit
+
+        check_can_submit(run.cluster.CONTAINER_RUNTIME)  # before anything is written
     script_path = write_run_dir(run, script, argv, mode)
     if mode == "sbatch":
         from .slurm.submit import submit

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import jinja2
 
+from .errors import BenchError
 from .paths import SUITE_ROOT, TEMPLATE_DIR
 from .resolve import ResolvedRun
 from .secrets import assert_no_secrets
@@ -89,7 +90,6 @@ def sbatch_directives(run: ResolvedRun, run_dir: Path) -> list[tuple[str, str]]:
         ("ntasks-per-node", str(run.gpus_per_node)),
         ("time", k.RUN_TIME),
         ("output", f"{run_dir}/logs/slurm-%j.out"),
-        ("signal", "B:TERM@120"),
     ]
     if c.REQUEST_GPUS:
         out.append(("gpus-per-node", str(run.gpus_per_node)))
@@ -102,6 +102,9 @@ def sbatch_directives(run: ResolvedRun, run_dir: Path) -> list[tuple[str, str]]:
         out.append(("dependency", "singleton"))
     if k.COMMENT:
         out.append(("comment", k.COMMENT))
+    for key, value in out:
+        if "\n" in value or "\r" in value:
+            raise BenchError(f"the #SBATCH --{key} value has a line break: {value!r}", hint="use a value on one line (COMMENT, OUTPUT_ROOT, names)")
     return out
 
 

@@ -44,6 +44,7 @@ class ResolvedRun:
     world_size: int
     job_name: str
     run_dir: Path
+    mode: str = "sbatch"
     extra_args: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -62,6 +63,7 @@ class ResolvedRun:
             "gpus_per_node": self.gpus_per_node,
             "world_size": self.world_size,
             "job_name": self.job_name,
+            "mode": self.mode,
             "run_dir": str(self.run_dir),
             "env": self.env,
             "megatron_args": self.megatron_args,
@@ -125,7 +127,7 @@ def resolve_run(
     stamp: str | None = None,
     local_gpus: int | None = None,
 ) -> ResolvedRun:
-    """Resolve one run. `mode` is sbatch or interactive (the exit-duration flag is Slurm-only)."""
+    """Resolve one run. `mode` (sbatch or interactive) is recorded with the run."""
     assigns, extra = split_argv(argv)
     arg_knobs: dict[str, str] = {}
     arg_cluster: dict[str, str] = {}
@@ -215,7 +217,7 @@ def resolve_run(
 
     derived = F.derived_flags(
         knobs, cluster, model_flags, extra_flags,
-        run_dir=str(run_dir), for_slurm=(mode == "sbatch"),
+        run_dir=str(run_dir),
         data_path=cluster.DATA_PATH, tokenizer=cluster.TOKENIZER_MODEL, load_path=cluster.LOAD_PATH,
     )
     tokens = F.to_tokens(model_flags.items()) + F.to_tokens(backend.flags) + F.to_tokens(derived) + list(extra)
@@ -227,5 +229,5 @@ def resolve_run(
         knobs=knobs, provenance=provenance, cluster=cluster, model=model, backend=backend,
         megatron_args=tokens, flags=F.tokens_to_dict(tokens), env=env,
         gpus_per_node=gpus_per_node, world_size=world, job_name=job_name, run_dir=run_dir,
-        extra_args=list(extra), notes=notes,
+        mode=mode, extra_args=list(extra), notes=notes,
     )

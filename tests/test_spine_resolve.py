@@ -212,7 +212,7 @@ def test_pretrain_0_needs_load_path(clean_env):
 def test_local_cluster_without_gpus_renders_for_one(clean_env):
     run = resolve({**clean_env, "MODEL": PROXY, "NNODES": "1", "EP": "1", "GBS": "8", "TP": "1", "PP": "1", "PP_FIRST": "0", "PP_LAST": "0", "VPP": "1", "CP": "1"}, "CLUSTER=local", mode="interactive", local_gpus=0)
     assert run.gpus_per_node == 1 and any("no NVIDIA GPU" in n for n in run.notes)
-    assert "--exit-duration-in-mins" not in run.flags  # Slurm-only
+    assert run.mode == "interactive" and run.to_json()["mode"] == "interactive"
 
 
 def test_moe_layer_pattern_must_match_num_layers(clean_env):

@@ -139,7 +139,6 @@ note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s
       --log-throughput \
       --eval-iters 0 \
       --exit-signal-handler \
-      --exit-duration-in-mins 15 \
     2>&1 | tee -a "$LOG"
 ) &
 STEP_PID=$!
