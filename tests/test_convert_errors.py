@@ -97,3 +97,21 @@ def test_existing_output_kept_when_conversion_fails(qwen: Path, tmp_path: Path) 
     assert main(["convert", "hf-to-mcore", "--hf-dir", str(d), "--out", str(out), "--overwrite"]) == 2
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert (out / "iter_0000001" / "metadata.json").is_file()
+
+
+def test_format_both_and_killed_leftovers(qwen: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--format both writes torch_dist/ and legacy/ (each with its hf_config.json, so mcore-to-hf
+    works on either); a staging folder left by a killed conversion (dead pid) is cleared."""
+    stale = tmp_path / ".out.partial-999999999"
+    (stale / "iter_0000001").mkdir(parents=True)
+    out = tmp_path / "out"
+    assert main(["convert", "hf-to-mcore", "--hf-dir", str(qwen), "--out", str(out), "--format", "both", "--dtype", "fp32"]) == 0
+    assert not stale.exists()
+    for sub in ("torch_dist", "legacy"):
+        assert (out / sub / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+        assert (out / sub / "hf_config.json").is_file()
+    assert (out / "torch_dist" / "iter_0000001" / "metadata.json").is_file()
+    assert (out / "legacy" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt").is_file()
+    assert main(["convert", "mcore-to-hf", "--mcore-dir", str(out / "legacy"), "--out", str(tmp_path / "back"), "--dtype", "fp32"]) == 0
+    assert "peak RSS:" in capsys.readouterr().out
+    assert (tmp_path / "back" / "model.safetensors.index.json").is_file()

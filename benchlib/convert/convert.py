@@ -72,6 +72,11 @@ class _Staging:
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        # leftovers of killed conversions into the same target (their process is gone)
+        for old in self.target.parent.glob(f".{self.target.name}.partial-*"):
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
         self.tmp.mkdir()
         return self.tmp
 
@@ -189,8 +194,10 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
             leg_dir = tmp / "legacy" if len(formats) > 1 else tmp
             extra = [canonical_name(k) for k in model.state_dict() if k.endswith("._extra_state")]
             _write_legacy(leg_dir, shape, rules, produce, layout, stages, expert_layout, args, extra)
-        (tmp / "hf_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        (tmp / "megatron_model_args.txt").write_text(" ".join(shape.megatron_flags()) + "\n")
+        for d in {tmp} | ({tmp / f for f in formats} if len(formats) > 1 else set()):
+            # beside each checkpoint: what mcore-to-hf and a run need to rebuild the model
+            (d / "hf_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+            (d / "megatron_model_args.txt").write_text(" ".join(shape.megatron_flags()) + "\n")
         report.tensors, report.bytes_written = produce.count, produce.bytes
         report.peak_rss = memory.peak_rss_bytes()
         report.seconds = time.time() - t0
@@ -225,14 +232,16 @@ def _legacy_name(name: str, stage: range, expert_layout: str, ep_rank: int, ep: 
     return name
 
 
-def _stage_of(name: str, stages: list[range]) -> list[int]:
+def _stage_of(name: str, stages: list[range], mtp: bool = False) -> list[int]:
+    """Pipeline stages holding `name`: the embedding on the first (and, with MTP, also on the last,
+    which embeds the shifted tokens itself), layers where they fall, the rest on the last."""
     import re
 
     m = re.match(r"decoder\.layers\.(\d+)\.", name)
     if m:
         return [next(p for p, r in enumerate(stages) if int(m.group(1)) in r)]
     if name.startswith("embedding."):
-        return [0]
+        return sorted({0, len(stages) - 1}) if mtp else [0]
     return [len(stages) - 1]  # final norm, output layer, MTP
 
 
@@ -245,10 +254,11 @@ def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Pro
 
     it_dir = out / f"iter_{ITERATION:07d}"
     for pp_rank, stage in enumerate(stages):
-        names = [r.mcore for r in rules if pp_rank in _stage_of(r.mcore, stages)]
+        mtp = shape.mtp_layers > 0
+        names = [r.mcore for r in rules if pp_rank in _stage_of(r.mcore, stages, mtp)]
         full: dict[str, Any] = {n: produce(n) for n in names}
         # Megatron's linears carry an (empty) _extra_state entry; a strict load_state_dict wants it
-        full.update({n: None for n in extra_states if pp_rank in _stage_of(n, stages)})
+        full.update({n: None for n in extra_states if pp_rank in _stage_of(n, stages, mtp)})
         for n in ("embedding.word_embeddings.weight", "output_layer.weight"):
             if n in full:  # pad the vocabulary to a multiple of vocab_multiple * TP, as Megatron does
                 t = full[n]
@@ -259,6 +269,7 @@ def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Pro
         rank_args = copy.copy(args)
         rank_args.tensor_model_parallel_size, rank_args.pipeline_model_parallel_size = layout.tp, layout.pp
         rank_args.expert_model_parallel_size = layout.ep
+        rank_args.expert_tensor_parallel_size = layout.tp  # Megatron's default: experts cut like the rest
         rank_args.decoder_first_pipeline_num_layers, rank_args.decoder_last_pipeline_num_layers = layout.first, layout.last
         rank_args.padded_vocab_size = -(-shape.vocab // (layout.vocab_multiple * layout.tp)) * layout.vocab_multiple * layout.tp
         for ep_rank in range(layout.ep):
