@@ -421,7 +421,8 @@ def mcore_to_hf(mcore_dir: Path, out_dir: Path, *, hf_config: Path | None = None
             report.tensors += 1
         writer.finish()
         cfg_out = dict(cfg)
-        cfg_out["torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
+        # transformers 5 names the key "dtype", older releases "torch_dtype"
+        cfg_out["dtype" if "dtype" in cfg_out else "torch_dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
         (tmp / "config.json").write_text(json.dumps(cfg_out, indent=2) + "\n")
         report.bytes_written = writer.total
         report.peak_rss = memory.peak_rss_bytes()
