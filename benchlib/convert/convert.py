@@ -304,7 +304,11 @@ def _find_iter_dir(ckpt: Path) -> Path:
 
 
 class _LegacyReader:
-    """Full TP=1 parameters from legacy per-rank files (loaded with mmap, merged across TP/EP/PP)."""
+    """Full TP=1 parameters from legacy per-rank files, merged across TP/EP/PP.
+
+    Files are opened with mmap and only one pipeline stage's files are kept open at a time (the
+    parameters are asked for in layer order), so resident memory stays near one stage.
+    """
 
     def __init__(self, it_dir: Path, shape: ModelShape) -> None:
         import re
@@ -312,27 +316,46 @@ class _LegacyReader:
         import torch
 
         self.shape = shape
-        self.files: dict[tuple[int, int, int], dict[str, Any]] = {}
+        self.paths: dict[tuple[int, int, int], Path] = {}
+        args = None
         for d in sorted(it_dir.glob("mp_rank_*")):
             m = re.fullmatch(r"mp_rank_(\d+)(?:_(\d{3}))?(?:_(\d{3}))?", d.name)
             if not m or not (d / "model_optim_rng.pt").is_file():
                 continue
-            ck = torch.load(d / "model_optim_rng.pt", map_location="cpu", mmap=True, weights_only=False)
-            a = ck.get("args")
-            pp = int(m.group(2)) if m.group(2) is not None and getattr(a, "pipeline_model_parallel_size", 1) > 1 else 0
-            ep = int(m.group(3)) if m.group(3) is not None else (int(m.group(2)) if m.group(2) is not None and getattr(a, "pipeline_model_parallel_size", 1) == 1 else 0)
-            self.files[(int(m.group(1)), pp, ep)] = ck["model"]
-        if not self.files:
+            if args is None:
+                args = torch.load(d / "model_optim_rng.pt", map_location="cpu", mmap=True, weights_only=False).get("args")
+            pp_size = getattr(args, "pipeline_model_parallel_size", 1)
+            if pp_size > 1:
+                pp, ep = int(m.group(2) or 0), int(m.group(3) or 0)
+            else:  # mp_rank_TT_EEE
+                pp, ep = 0, int(m.group(2) or 0)
+            self.paths[(int(m.group(1)), pp, ep)] = d / "model_optim_rng.pt"
+        if not self.paths:
             raise BenchError(f"no mp_rank_*/model_optim_rng.pt under {it_dir}", hint="point --mcore-dir at a Megatron checkpoint")
-        self.tp = 1 + max(k[0] for k in self.files)
-        self.pp = 1 + max(k[1] for k in self.files)
-        self.ep = 1 + max(k[2] for k in self.files)
-        # layers per stage, counted from the files themselves
+        self.tp = 1 + max(k[0] for k in self.paths)
+        self.pp = 1 + max(k[1] for k in self.paths)
+        self.ep = 1 + max(k[2] for k in self.paths)
+        self._open: dict[tuple[int, int, int], dict[str, Any]] = {}
+        self._stage = -1
+        # decoder layers per stage, counted from the files themselves
         self.offsets = [0]
         for p in range(self.pp):
-            sd = self.files[(0, p, 0)]
+            sd = self._file(0, p, 0)
             n = len({k.split(".")[2] for k in sd if k.startswith("decoder.layers.")})
             self.offsets.append(self.offsets[-1] + n)
+
+    def _file(self, tp: int, pp: int, ep: int) -> dict[str, Any]:
+        import torch
+
+        if pp != self._stage:
+            self._open.clear()  # drop the previous stage's mappings
+            self._stage = pp
+        key = (tp, pp, ep)
+        if key not in self._open:
+            if key not in self.paths:
+                raise BenchError(f"rank file for tp={tp}, pp={pp}, ep={ep} is missing", hint="copy every mp_rank_* folder of the checkpoint")
+            self._open[key] = torch.load(self.paths[key], map_location="cpu", mmap=True, weights_only=False)["model"]
+        return self._open[key]
 
     def get(self, name: str, dtype: Any) -> Any:
         import re
@@ -358,7 +381,7 @@ class _LegacyReader:
             candidates = [f"{head}.local_experts.{le}.{em.group(2)}.weight", f"{head}.{em.group(2)}.weight{le}"]
         shards = []
         for tp in range(self.tp):
-            sd = self.files[(tp, stage, ep_rank)]
+            sd = self._file(tp, stage, ep_rank)
             key = next((c for c in candidates if c in sd), None)
             if key is None:
                 raise BenchError(f"tensor {local} is missing from rank (tp={tp}, pp={stage}, ep={ep_rank})",
