@@ -176,3 +176,32 @@ def test_checkpoint_saved_by_megatron_converts_back(family: str, tmp_path: Path,
     assert sorted(a) == sorted(b)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize(
+    ("family", "tp", "pp", "ep", "last", "dirs"),
+    [
+        ("GLM-4.5-Air", 2, 1, 2, None, ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]),
+        ("Mixtral", 1, 3, 1, None, ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_00_002"]),
+        ("DeepSeek-V2", 2, 2, 1, 1, ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]),
+    ],
+)
+def test_legacy_layouts_round_trip(family: str, tp: int, pp: int, ep: int, last: int | None, dirs: list[str], tmp_path: Path) -> None:
+    """Megatron's folder names for EP-only, PP-only and uneven-last-stage layouts; exact round trip."""
+    import torch
+
+    from benchlib.convert.convert import hf_to_mcore, mcore_to_hf
+    from benchlib.convert.layout import Layout
+
+    hf_dir, _ = tiny_hf.build(family, tmp_path / "hf")
+    hf_to_mcore(hf_dir, tmp_path / "leg", formats=("legacy",), dtype="fp32", layout=Layout(tp=tp, pp=pp, ep=ep, last=last))
+    it = tmp_path / "leg" / "iter_0000001"
+    assert sorted(p.name for p in it.iterdir()) == dirs
+    if last is not None:
+        final = torch.load(it / dirs[-1] / "model_optim_rng.pt", weights_only=False)["model"]
+        assert {k.split(".")[2] for k in final if k.startswith("decoder.layers.")} == {str(i) for i in range(last)}
+    mcore_to_hf(tmp_path / "leg", tmp_path / "back", dtype="fp32")
+    a, b = _hf_tensors(hf_dir), _hf_tensors(tmp_path / "back")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
