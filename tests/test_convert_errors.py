@@ -115,3 +115,11 @@ def test_format_both_and_killed_leftovers(qwen: Path, tmp_path: Path, capsys: py
     assert main(["convert", "mcore-to-hf", "--mcore-dir", str(out / "legacy"), "--out", str(tmp_path / "back"), "--dtype", "fp32"]) == 0
     assert "peak RSS:" in capsys.readouterr().out
     assert (tmp_path / "back" / "model.safetensors.index.json").is_file()
+
+
+def test_single_file_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint saved as one model.safetensors (no index) converts too."""
+    d, _ = tiny_hf.build("Mixtral", tmp_path / "hf", max_shard_size="50GB")
+    assert (d / "model.safetensors").is_file() and not (d / "model.safetensors.index.json").exists()
+    assert main(["convert", "hf-to-mcore", "--hf-dir", str(d), "--out", str(tmp_path / "out"), "--dtype", "fp32"]) == 0
+    assert (tmp_path / "out" / "iter_0000001" / "metadata.json").is_file()
