@@ -1,0 +1,130 @@
+"""The driver's data path and loss, as a run uses them: Megatron-Core's own
+`parse_and_validate_args` on the driver's argument list, then `benchlib.driver.train.datasets_provider`
+(Megatron's BlendedMegatronDatasetBuilder over MockGPTDataset or an indexed dataset made by
+`benchlib data prepare`), then samples drawn on CPU; and the loss function's per-token reduction.
+
+Runs Megatron in a child process (its global state and a gloo group of world size 1 stay there).
+Faked: the GPU. validate_args asks torch.cuda.get_device_capability(), answered with an H200's
+(9, 0); Megatron's `compile_helpers()` is replaced by the driver's own check, as in a real run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from test_data_support import make_documents, run_prepare, write_jsonl
+
+pytestmark = [pytest.mark.megatron, pytest.mark.slow]
+torch = pytest.importorskip("torch")
+
+CHILD = r"""
+import json, sys
+import torch
+torch.cuda.get_device_capability = lambda *a, **k: (9, 0)
+torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+from megatron.core import parallel_state as ps
+ps.initialize_model_parallel(1, 1)
+import megatron.core.datasets.utils as dataset_utils
+from megatron.training.arguments import parse_and_validate_args
+from benchlib.driver.argv import choose_backend
+from benchlib.driver import train
+
+dataset_utils.compile_helpers = train._check_helpers_instead_of_make
+data_args = json.loads(sys.argv[1])
+base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--micro-batch-size", "1",
+        "--global-batch-size", "4", "--seq-length", "32", "--max-position-embeddings", "32", "--train-iters", "4",
+        "--lr", "1e-4", "--bf16"]
+choice = choose_backend(base + data_args, te_available=False)
+sys.argv = ["driver"] + choice.argv
+args = parse_and_validate_args()
+train.fill_wheel_defaults(args)
+train._check_helpers_instead_of_make()
+tr, va, te = train.datasets_provider([8, 0, 0])
+samples = [{k: v.tolist() for k, v in tr[i].items() if k in ("tokens", "labels", "loss_mask")} for i in range(min(len(tr), 16))]
+print("RESULT " + json.dumps({"backend": choice.backend, "eval_interval": args.eval_interval, "len": len(tr),
+                              "cls": type(tr).__name__, "samples": samples, "padded_vocab": args.padded_vocab_size}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_child(data_args: list[str], tmp_path) -> dict:
+    (tmp_path / "hf-home").mkdir(exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+               PYTHONPATH=os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    env.pop("BENCH_SPEC", None)
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(data_args)], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_mock_data_through_the_driver(tmp_path):
+    view = run_child(["--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000"], tmp_path)
+    assert view["backend"] == "native"
+    assert view["eval_interval"] == 4  # 0.19.2 leaves it None; the driver fills it with --train-iters
+    assert view["cls"] == "MockGPTDataset" and view["len"] >= 8
+    assert view["padded_vocab"] == 1024  # ceil(1000 / 128) * 128
+    for s in view["samples"]:
+        assert len(s["tokens"]) == 32 and s["labels"][:-1] == s["tokens"][1:]
+        assert max(s["tokens"]) < 1000
+
+
+def test_indexed_data_through_the_driver(tmp_path):
+    docs = make_documents(60, seed=5)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    prefix = tmp_path / "data" / "corpus"
+    run_prepare("--input", str(corpus), "--vocab-size", "600", "--output-prefix", str(prefix), "--append-eod")
+    tok_dir = tmp_path / "data" / "corpus-tokenizer"
+    view = run_child(["--data-path", str(prefix), "--tokenizer-type", "HuggingFaceTokenizer",
+                      "--tokenizer-model", str(tok_dir), "--split", "100,0,0"], tmp_path)
+    assert view["cls"] == "GPTDataset" and view["len"] >= 8
+    # Independent of Megatron: tokenize the documents with the prepared tokenizer itself; every
+    # sample must be made of real documents: a suffix of one, whole ones, a prefix of one.
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    doc_ids = [tok.encode(d, add_special_tokens=False).ids + [0] for d in docs]  # 0 = eod (--append-eod)
+    checked = 0
+    for s in view["samples"]:
+        assert s["labels"][:-1] == s["tokens"][1:]
+        window = s["tokens"] + s["labels"][-1:]
+        cuts = [i for i, t in enumerate(window) if t == 0]
+        if not cuts:  # inside one long document
+            assert any(_contains(ids, window) for ids in doc_ids)
+            checked += 1
+            continue
+        first, last = window[: cuts[0] + 1], window[cuts[-1] + 1 :]
+        assert any(ids[-len(first):] == first for ids in doc_ids)
+        for a, b in zip(cuts, cuts[1:]):
+            assert window[a + 1 : b + 1] in doc_ids
+        assert not last or any(ids[: len(last)] == last for ids in doc_ids)
+        checked += 1
+    assert checked >= 8
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    n = len(part)
+    return any(seq[i : i + n] == part for i in range(len(seq) - n + 1))
+
+
+def test_loss_is_a_per_token_sum_with_its_count():
+    from benchlib.driver.train import loss_func
+
+    losses = torch.tensor([[2.0, 4.0, 6.0], [1.0, 3.0, 5.0]])
+    mask = torch.tensor([[1, 0, 1], [1, 1, 0]])
+    loss, num, report = loss_func(mask, losses)
+    assert float(loss) == 2.0 + 6.0 + 1.0 + 3.0
+    assert int(num) == 4
+    assert report["lm loss"].tolist() == [12.0, 4.0]
