@@ -152,8 +152,7 @@ class _Producer:
 def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("torch_dist",), dtype: str = "bf16",
                 layout: Layout = Layout(), expert_layout: str = "auto", spec: str | None = None,
                 overwrite: bool = False, dist_file_bytes: int = 2**30) -> Report:
-    import torch
-
+    """Convert the HF checkpoint in hf_dir to a Megatron checkpoint in out_dir (see docs/convert.md)."""
     t0 = time.time()
     cfg = read_config(hf_dir)
     shape = shape_from_config(cfg)
@@ -203,7 +202,6 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
         report.seconds = time.time() - t0
         (tmp / "convert_report.json").write_text(json.dumps(report.__dict__ | {"rss_growth": report.rss_growth}, indent=2) + "\n")
     reader.close()
-    del torch
     return report
 
 

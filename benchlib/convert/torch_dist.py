@@ -82,7 +82,6 @@ def _bounded_writer(path: str, file_bytes: int) -> Any:
 
 def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[str, Any], file_bytes: int = 2**30) -> None:
     """Write `model`'s sharded state dict to out_dir, taking each parameter's data from produce(name)."""
-    import torch
     import torch.distributed.checkpoint as dcp
     from megatron.core.dist_checkpointing.core import CheckpointingConfig, save_config
     from megatron.core.dist_checkpointing.mapping import ShardedObject
@@ -135,7 +134,6 @@ def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[
         raise
     cache.clear()
     save_config(CheckpointingConfig("torch_dist", 1), str(out_dir))
-    del torch
 
 
 class Reader:
