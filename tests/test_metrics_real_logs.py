@@ -103,8 +103,8 @@ def test_compare_two_real_runs(tmp_path, capsys):
     """Local spec vs torch-native spec, same model and layout on 4 x H200."""
     from benchlib.cli import main
 
-    a = [p for p in LOGS if "x4" in p.name and "_local_" in p.name]
-    b = [p for p in LOGS if "x4" in p.name and "_native_" in p.name]
+    a = [p for p in LOGS if p.name == "h200x4_ep4_qwen3-30b-a3b-proxy_local_mbs2.log"]
+    b = [p for p in LOGS if p.name == "h200x4_ep4_qwen3-30b-a3b-proxy_native_mbs2.log"]
     if not (a and b):
         pytest.skip("needs the 4-GPU local and native logs")
     assert main(["compare", str(a[0]), str(b[0]), "--gpu", "H200", "--out", str(tmp_path / "cmp")]) == 0
