@@ -91,6 +91,10 @@ def refuse_unsupported(choice: BackendChoice, k: Knobs, model_flags: dict[str, A
         problems.append(f"DISPATCHER={k.DISPATCHER} needs the flex dispatcher with DeepEP/HybridEP (and Transformer Engine)")
     if k.TP > 1:
         problems.append(f"TP={k.TP} needs sequence parallelism, which torch norms refuse (needs Transformer Engine)")
+    if k.CP > 1:
+        problems.append(f"CP={k.CP}: context parallelism needs Transformer Engine's attention")
+    if k.ETP > 1:
+        problems.append(f"ETP={k.ETP}: expert tensor parallelism is not implemented by the {choice.name} experts")
     if k.A2A_OVERLAP:
         problems.append("A2A_OVERLAP=1 needs delayed wgrad compute, which needs Transformer Engine")
     if choice.name == "local" and model_flags.get("--multi-latent-attention"):

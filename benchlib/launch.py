@@ -55,17 +55,28 @@ def write_run_dir(run: ResolvedRun, script: str, argv: list[str], mode: str) -> 
     return script_path
 
 
+def _refuse_without_gpu(argv: list[str], environ: Mapping[str, str]) -> None:
+    from .resolve import split_argv
+
+    assigns = dict(split_argv(argv)[0])
+    entry = assigns.get("ENTRY", environ.get("ENTRY", "auto"))
+    if entry in GPU_ENTRIES and detect_local_gpus(environ) == 0:
+        model = assigns.get("MODEL", environ.get("MODEL", "<model>"))
+        raise BenchError(
+            "no NVIDIA GPU on this machine, so there is nothing to train on",
+            hint=f"DRY_RUN=1 MODEL={model} bash interactive_benchmarking.sh prints what would run",
+        )
+
+
 def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     environ = dict(os.environ if environ is None else environ)
+    dry_run = environ.get("DRY_RUN", "0") not in ("", "0")
+    if mode == "interactive" and not dry_run:
+        _refuse_without_gpu(argv, environ)  # before layout errors that only a missing GPU causes
     run, script = prepare(mode, argv, environ)
     if environ.get("DRY_RUN", "0") not in ("", "0"):
         sys.stdout.write(script)
         return 0
-    if mode == "interactive" and run.knobs.ENTRY in GPU_ENTRIES and detect_local_gpus() == 0:
-        raise BenchError(
-            "no NVIDIA GPU on this machine, so there is nothing to train on",
-            hint=f"DRY_RUN=1 MODEL={run.model.name} bash interactive_benchmarking.sh prints what would run",
-        )
     if mode == "sbatch":
         from .slurm.submit import check_can_submit
 

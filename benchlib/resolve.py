@@ -7,6 +7,7 @@ Precedence (later wins): knob defaults (knobs.py) < common.conf < runtime.conf [
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
@@ -83,8 +84,8 @@ def split_argv(argv: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     return assigns, []
 
 
-def detect_local_gpus() -> int:
-    """GPUs on this machine (nvidia-smi), 0 when there are none or no driver."""
+def detect_local_gpus(environ: Mapping[str, str] | None = None) -> int:
+    """GPUs this process may use: nvidia-smi's count, limited by CUDA_VISIBLE_DEVICES when set."""
     exe = shutil.which("nvidia-smi")
     if not exe:
         return 0
@@ -92,7 +93,11 @@ def detect_local_gpus() -> int:
         out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return 0
-    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")]))
+    return count
 
 
 def detect_local_gpu_type() -> str:
@@ -161,7 +166,7 @@ def resolve_run(
         cluster = dataclasses.replace(cluster, GPU_TYPE=detected or "H100")
     gpus_per_node = cluster.GPUS_PER_NODE
     if gpus_per_node == 0:  # "this machine's GPUs" (local.conf)
-        gpus_per_node = detect_local_gpus() if local_gpus is None else local_gpus
+        gpus_per_node = detect_local_gpus(environ) if local_gpus is None else local_gpus
         if gpus_per_node == 0:
             notes.append("no NVIDIA GPU found on this machine: rendering for 1 GPU")
             gpus_per_node = 1

@@ -143,3 +143,11 @@ def test_launch_writes_run_dir_without_secrets(clean_env, tmp_path):
             assert SENTINEL not in path.read_text(errors="replace"), path
     assert SENTINEL not in proc.stdout + proc.stderr
     assert str(REPO) not in str(run_dir) or "runs" in str(run_dir)
+
+
+def test_no_gpu_message_comes_before_layout_errors(clean_env, tmp_path):
+    """EP=4 cannot tile the one GPU assumed without a GPU: the user must hear about the GPU first."""
+    if subprocess.run(["bash", "-c", "command -v nvidia-smi"], capture_output=True).returncode == 0:
+        pytest.skip("this machine has nvidia-smi")
+    proc = _cli({**clean_env, "MODEL": PROXY, "OUTPUT_ROOT": str(tmp_path)}, "interactive_benchmarking.sh", "EP=4")
+    assert proc.returncode != 0 and "no NVIDIA GPU" in proc.stderr and "EP=4" not in proc.stderr.split("fix:")[0]

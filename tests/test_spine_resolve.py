@@ -237,3 +237,33 @@ def test_layer_pattern_parser():
     assert layer_pattern(1) is None and layer_pattern("2") is None
     with pytest.raises(BenchError):
         layer_pattern("__import__('os').system('id')")
+
+
+def _fake_nvidia_smi(tmp_path, monkeypatch, gpus: int, name: str = "NVIDIA H200") -> None:
+    """A stand-in nvidia-smi (no GPU here) answering the two queries the suite makes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    listing = "\\n".join(f"GPU {i}: {name} (UUID: GPU-{i})" for i in range(gpus))
+    (bin_dir / "nvidia-smi").write_text(f'#!/bin/sh\nif [ "$1" = "-L" ]; then printf "{listing}\\n"; else printf "{name}\\n"; fi\n')
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+
+
+def test_local_gpus_respect_cuda_visible_devices(tmp_path, monkeypatch, clean_env):
+    from benchlib.resolve import detect_local_gpus
+
+    _fake_nvidia_smi(tmp_path, monkeypatch, 4)
+    assert detect_local_gpus({}) == 4
+    assert detect_local_gpus({"CUDA_VISIBLE_DEVICES": "0"}) == 1
+    assert detect_local_gpus({"CUDA_VISIBLE_DEVICES": "1,3"}) == 2
+    run = resolve({**clean_env, "MODEL": PROXY, "CUDA_VISIBLE_DEVICES": "0,1"}, "CLUSTER=local", mode="interactive")
+    assert run.gpus_per_node == 2 and run.world_size == 2
+    assert run.cluster.GPU_TYPE == "H200"  # detected from the GPU's name
+
+
+def test_native_backend_refuses_cp_and_etp(clean_env):
+    base = {**clean_env, **_single_node(PROXY), "BACKEND": "native", "NNODES": "1"}
+    with pytest.raises(BenchError, match="CP=2: context parallelism needs Transformer Engine"):
+        resolve({**base, "CP": "2"}, "CLUSTER=template")
+    with pytest.raises(BenchError, match="ETP=2: expert tensor parallelism"):
+        resolve({**base, "ETP": "2"}, "CLUSTER=template")
