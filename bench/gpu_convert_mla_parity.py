@@ -9,7 +9,7 @@ transformers' own classes (no download), saved in many safetensors shards, conve
 through Megatron's `dist_checkpointing.load`, and its logits are compared with Hugging Face's
 (fp32 on CPU, the reference) on the same tokens. Two specs per family:
   native     benchlib.spec (the suite's torch-native spec: SDPA attention, grouped-GEMM experts)
-  local+sdpa Megatron's local spec with benchlib.convert.sdpa_attention's core attention
+  local+sdpa Megatron's local spec with the native spec's SDPA core attention (benchlib.convert.sdpa_attention)
              (Megatron's local DotProductAttention refuses MLA's k_channels)
 Pass: max |logit difference| < 1e-4 for every family on at least one spec, and on the native spec
 wherever it builds. Prints one verdict line and writes convert_mla_parity.json in OUT_DIR.

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BenchError
+from .metrics.flops import eval_layer_pattern
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
                 f"world size {lay.world} is not divisible by PP*EP*ETP = {lay.pp}*{lay.ep}*{lay.etp}",
                 hint="the expert layout must tile the GPUs of each pipeline stage: change EP, ETP or NNODES",
             )
-        pattern = layer_pattern(arch.get("moe_layer_freq"))
+        freq = arch.get("moe_layer_freq")
+        pattern = eval_layer_pattern(freq) if isinstance(freq, str) and "[" in freq else None
         if pattern is not None and len(pattern) != lay.num_layers:
             raise BenchError(
                 f"--moe-layer-freq lists {len(pattern)} layers but NUM_LAYERS={lay.num_layers}",
@@ -130,31 +132,6 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
             f"GBS={lay.gbs} is not divisible by MBS*DP = {lay.mbs}*{dp} = {lay.mbs * dp}",
             hint=f"use a GBS that is a multiple of {lay.mbs * dp}",
         )
-
-
-def layer_pattern(value: Any) -> list[int] | None:
-    """Megatron's --moe-layer-freq as a list: an int N (every N-th layer MoE) gives None here;
-    a pattern such as "([0]*3+[1]*58)" is evaluated without eval (lists, ints, + and *)."""
-    import ast
-
-    if value is None or isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
-        return None
-
-    def ev(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, (ast.List, ast.Tuple)):
-            return [ev(e) for e in node.elts]
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = ev(node.left), ev(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
-        raise ValueError(ast.dump(node))
-
-    try:
-        out = ev(ast.parse(str(value), mode="eval").body)
-    except (SyntaxError, ValueError, TypeError):
-        raise BenchError(f"--moe-layer-freq {value!r} is not an int or a list pattern like ([0]*1+[1]*26)") from None
-    return out if isinstance(out, list) else None
 
 
 def _divisors(n: int) -> list[int]:

@@ -108,29 +108,27 @@ def sbatch_directives(run: ResolvedRun, run_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-def render_sbatch(run: ResolvedRun, run_dir: Path | None = None) -> str:
-    run_dir = run_dir or run.run_dir
-    text = _env().get_template("sbatch.sh.j2").render(
+def _render(template: str, run: ResolvedRun, run_dir: Path, **extra: Any) -> str:
+    text = _env().get_template(template).render(
         run=run,
         run_dir=str(run_dir),
         suite_root=str(SUITE_ROOT),
         log_path=f"{run_dir}/logs/{LOG_NAME}",
+        **extra,
+    )
+    assert_no_secrets(text, f"the rendered {template}")
+    return text
+
+
+def render_sbatch(run: ResolvedRun, run_dir: Path | None = None) -> str:
+    run_dir = run_dir or run.run_dir
+    return _render(
+        "sbatch.sh.j2", run, run_dir,
         directives=sbatch_directives(run, run_dir),
         sbatch_extra=shlex.split(run.cluster.SBATCH_EXTRA),
         train_cmd=train_command(run),
     )
-    assert_no_secrets(text, "the rendered sbatch script")
-    return text
 
 
 def render_interactive(run: ResolvedRun, run_dir: Path | None = None) -> str:
-    run_dir = run_dir or run.run_dir
-    text = _env().get_template("interactive.sh.j2").render(
-        run=run,
-        run_dir=str(run_dir),
-        suite_root=str(SUITE_ROOT),
-        log_path=f"{run_dir}/logs/{LOG_NAME}",
-        torchrun_args=torchrun_entry(run),
-    )
-    assert_no_secrets(text, "the rendered interactive script")
-    return text
+    return _render("interactive.sh.j2", run, run_dir or run.run_dir, torchrun_args=torchrun_entry(run))

@@ -48,7 +48,7 @@ def _bool(cfg: Mapping[str, Any], key: str) -> bool:
     return bool(value)
 
 
-def _eval_pattern(expr: str) -> list[int]:
+def eval_layer_pattern(expr: str) -> list[int]:
     """Megatron's layer-pattern strings such as "([0]*3+[1]*58)" or "([1]*3+[0]*2)*2", without eval."""
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
@@ -75,7 +75,7 @@ def layer_pattern(freq: Any, num_layers: int, *, name: str = "moe_layer_freq") -
     """1 where a layer is MoE. An integer N means every N-th layer counting from layer 0."""
     if isinstance(freq, str):
         if "[" in freq:
-            freq = _eval_pattern(freq)
+            freq = eval_layer_pattern(freq)
         else:
             try:
                 freq = int(freq)
@@ -160,7 +160,7 @@ def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
         if freq is None:
             raise BenchError("gated_delta_net needs linear_attention_freq", hint="set --linear-attention-freq")
         if isinstance(freq, str):
-            freq = _eval_pattern(freq) if "[" in freq else int(freq)
+            freq = eval_layer_pattern(freq) if "[" in freq else int(freq)
         if isinstance(freq, int):
             # every freq-th layer (1-based) is full attention, the rest linear
             la = [0 if (i + 1) % freq == 0 else 1 for i in range(total_layers)]
