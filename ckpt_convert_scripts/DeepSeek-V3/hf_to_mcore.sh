@@ -8,14 +8,5 @@
 # FORMAT=torch_dist (default; loads at any TP/PP/EP), legacy (per-rank files at TP/PP/EP) or both.
 # Legacy layout: TP, PP, EP, FIRST_STAGE_LAYERS / LAST_STAGE_LAYERS (uneven PP), EXPERT_LAYOUT=auto|sequential|grouped, SPEC=module:function.
 # DTYPE=bf16|fp16|fp32. PYTHON picks the interpreter. Extra arguments go to `benchlib convert hf-to-mcore`.
-set -euo pipefail
-# benchlib from this checkout, wherever the script is called from
-export PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-: "${HF_DIR:?set HF_DIR to the Hugging Face folder (config.json + *.safetensors)}"
-: "${OUT_DIR:?set OUT_DIR to the Megatron checkpoint folder to create}"
-args=(--family "DeepSeek-V3" --hf-dir "$HF_DIR" --out "$OUT_DIR" --format "${FORMAT:-torch_dist}" --dtype "${DTYPE:-bf16}"
-      --target-tp "${TP:-1}" --target-pp "${PP:-1}" --target-ep "${EP:-1}" --expert-layout "${EXPERT_LAYOUT:-auto}")
-[[ -n "${FIRST_STAGE_LAYERS:-}" ]] && args+=(--target-first-stage-layers "$FIRST_STAGE_LAYERS")
-[[ -n "${LAST_STAGE_LAYERS:-}" ]] && args+=(--target-last-stage-layers "$LAST_STAGE_LAYERS")
-[[ -n "${SPEC:-}" ]] && args+=(--spec "$SPEC")
-exec "${PYTHON:-python3}" -m benchlib convert hf-to-mcore "${args[@]}" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+hf_to_mcore "DeepSeek-V3" "$@"
