@@ -208,27 +208,42 @@ def _is_flag(token: str) -> bool:
 
 
 def megatron_arg_dict(flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags as Megatron argument names with light typing (the shape of a log's argument dump).
+    """Flags as Megatron argument names with typed values (the shape of a log's argument dump).
 
-    Only what a flag says is here; Megatron's defaults for absent flags are not filled in.
+    Only what a flag says is here; Megatron's defaults for absent flags are not filled in. A bare
+    `--no-x` sets both `no_x=True` and `x=False` (Megatron's dest is one or the other per flag).
     """
     out: dict[str, Any] = {}
     for flag, value in flags.items():
         name = flag[2:].replace("-", "_")
-        if name.startswith("no_") and value is True:
-            out[name[3:]] = False
-            continue
-        out[name] = _typed(value)
+        if value is True:
+            out[name] = True
+            if name.startswith("no_"):
+                out[name[3:]] = False
+        elif isinstance(value, list):
+            out[name] = [parse_arg_value(str(v)) for v in value]
+        else:
+            out[name] = parse_arg_value(str(value))
     return out
 
 
-def _typed(value: Any) -> Any:
-    if value is True or isinstance(value, list):
-        return value
-    text = str(value)
+def parse_arg_value(text: str) -> Any:
+    """A Megatron argument value as written on a command line or printed in the argument dump."""
+    text = text.strip()
+    if text in ("None", ""):
+        return None
+    if text in ("True", "False"):
+        return text == "True"
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
+    if text[:1] in "[({" and text[-1:] in "])}":
+        import ast
+
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
     return text

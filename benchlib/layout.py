@@ -91,7 +91,7 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
                 hint="the expert layout must tile the GPUs of each pipeline stage: change EP, ETP or NNODES",
             )
         freq = arch.get("moe_layer_freq")
-        pattern = eval_layer_pattern(freq) if isinstance(freq, str) and "[" in freq else None
+        pattern = eval_layer_pattern(freq) if isinstance(freq, str) and "[" in freq else (freq if isinstance(freq, list) else None)
         if pattern is not None and len(pattern) != lay.num_layers:
             raise BenchError(
                 f"--moe-layer-freq lists {len(pattern)} layers but NUM_LAYERS={lay.num_layers}",

@@ -10,7 +10,6 @@ regular expressions. No torch, no megatron import (this runs on login nodes).
 """
 from __future__ import annotations
 
-import ast
 import mmap
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
+from ..flags import parse_arg_value
 
 CHUNK_BYTES = 64 * 1024 * 1024  # window over the mapped file; bounds the candidate-line table
 TAIL_BYTES = 256 * 1024  # how much of the end is scanned for the latest timestamp
@@ -176,29 +176,6 @@ def parse_timestamp(text: str) -> float | None:
     hms = m.group(2)
     frac = float(m.group(3)) if m.group(3) else 0.0
     return day + int(hms[0:2]) * 3600 + int(hms[3:5]) * 60 + int(hms[6:8]) + frac
-
-
-def parse_arg_value(text: str) -> Any:
-    """A value as `_print_args` printed it (str() of a Python value) back into Python."""
-    text = text.strip()
-    if text in ("None", ""):
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if text[:1] in "[({" and text[-1:] in "])}":
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-    return text
 
 
 def _float(text: str) -> float | None:

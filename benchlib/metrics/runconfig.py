@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .logparse import parse_arg_value
+from ..flags import megatron_arg_dict, tokens_to_dict
 
 LAYOUT_KEYS = {
     "tp": "tensor_model_parallel_size",
@@ -45,27 +45,7 @@ def layout_of(cfg: dict[str, Any], world_size: int | None) -> tuple[dict[str, in
 
 def args_to_dict(argv: list[str]) -> dict[str, Any]:
     """A Megatron argument list (`--num-layers 4 --swiglu ...`) as argument names -> typed values."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        i += 1
-        if not tok.startswith("--"):
-            continue
-        name = tok[2:].replace("-", "_")
-        values = []
-        while i < len(argv) and not argv[i].startswith("--"):
-            values.append(argv[i])
-            i += 1
-        if not values:
-            if name.startswith("no_"):
-                out[name[3:]] = False
-            out[name] = True
-        elif len(values) == 1:
-            out[name] = parse_arg_value(values[0])
-        else:
-            out[name] = [parse_arg_value(v) for v in values]
-    return out
+    return megatron_arg_dict(tokens_to_dict(argv))
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
