@@ -24,6 +24,11 @@ want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] >= (3, 12)' 2>/dev/null; then
+  # e.g. a core-only .venv made by the launch scripts with an older python3: the tests need 3.12
+  echo "[setup] .venv has Python < 3.12 (megatron-core 0.19 needs 3.12): recreating it"
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   py="$(find_python312)" || { echo "error: the tests need Python >= 3.12 (megatron-core 0.19 requires it); install python3.12 and retry" >&2; exit 2; }
   echo "[setup] creating .venv with $py"
