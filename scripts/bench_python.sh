@@ -34,7 +34,7 @@ else
     echo "[setup] first use: creating $BENCH_ROOT/.venv (reusing this machine's packages, e.g. torch)" >&2
     # Prefer a Python >= 3.12 (megatron-core 0.19 needs it for training); any python3 renders.
     _py=python3
-    for _cand in python3.13 python3.12; do command -v "$_cand" >/dev/null 2>&1 && { _py="$_cand"; break; }; done
+    for _cand in python3.13 python3.12; do "$_cand" -c "import venv" >/dev/null 2>&1 && { _py="$_cand"; break; }; done
     "$_py" -m venv --system-site-packages "$BENCH_ROOT/.venv"
   fi
   "$BENCH_ROOT/.venv/bin/python" -c 'import yaml, jinja2' >/dev/null 2>&1 || _bench_pip jinja2 pyyaml markupsafe
