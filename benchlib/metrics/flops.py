@@ -107,6 +107,17 @@ class FlopsBreakdown:
                 + self.attention_core * seq_length)
 
 
+def default_ffn_hidden_size(hidden: int, swiglu: bool) -> int:
+    """Megatron's --ffn-hidden-size when unset (SwiGLU keeps the parameter count of 4h)."""
+    return int((4 * hidden * 2 / 3) / 64) * 64 if swiglu else 4 * hidden
+
+
+def pad_vocab(vocab: int, divisible_by: int, tp: int) -> int:
+    """Megatron pads the vocabulary to a multiple of make_vocab_size_divisible_by x TP."""
+    multiple = divisible_by * tp
+    return math.ceil(vocab / multiple) * multiple
+
+
 def _padded_vocab(cfg: Mapping[str, Any]) -> int:
     padded = _int(cfg, "padded_vocab_size")
     if padded is not None:
@@ -115,8 +126,7 @@ def _padded_vocab(cfg: Mapping[str, Any]) -> int:
     if vocab is None:
         raise BenchError("FLOPs model needs padded_vocab_size (or vocab_size)",
                          hint="pass the run's config or a log with Megatron's argument dump")
-    multiple = (_int(cfg, "make_vocab_size_divisible_by", 128) or 128) * (_int(cfg, "tensor_model_parallel_size", 1) or 1)
-    return math.ceil(vocab / multiple) * multiple
+    return pad_vocab(vocab, _int(cfg, "make_vocab_size_divisible_by", 128) or 128, _int(cfg, "tensor_model_parallel_size", 1) or 1)
 
 
 def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
@@ -133,8 +143,8 @@ def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
     swiglu = _bool(cfg, "swiglu")
     gemms_per_mlp = 3 if swiglu else 2  # gate+up+down with SwiGLU, up+down without
     ffn = _int(cfg, "ffn_hidden_size")
-    if ffn is None:  # Megatron's default when unset
-        ffn = int((4 * h * 2 / 3) / 64) * 64 if swiglu else 4 * h
+    if ffn is None:
+        ffn = default_ffn_hidden_size(h, swiglu)
 
     mtp = _int(cfg, "mtp_num_layers", 0) or 0
     total_layers = layers + mtp

@@ -7,12 +7,11 @@ typed or strings (a log dump says "None", "True", "4096"). Absent arguments take
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import BenchError
-from ..metrics.flops import layer_pattern
+from ..metrics.flops import default_ffn_hidden_size, layer_pattern, pad_vocab
 
 Args = Mapping[str, Any]
 
@@ -99,8 +98,8 @@ class ModelShape:
                              hint="pass a model config (MODEL=...) or a record/log with Megatron's argument dump")
         swiglu = as_bool(args, "swiglu")
         ffn = as_int(args, "ffn_hidden_size")
-        if ffn is None:  # Megatron's default
-            ffn = int((4 * h * 2 / 3) / 64) * 64 if swiglu else 4 * h
+        if ffn is None:
+            ffn = default_ffn_hidden_size(h, swiglu)
         gqa = as_bool(args, "group_query_attention")
         groups = as_int(args, "num_query_groups") if gqa else heads
         vocab = as_int(args, "padded_vocab_size")
@@ -108,8 +107,7 @@ class ModelShape:
             raw = as_int(args, "vocab_size")
             if raw is None:
                 raise BenchError("memory model needs vocab_size", hint="add --vocab-size to the model config")
-            multiple = (as_int(args, "make_vocab_size_divisible_by", 128) or 128) * tp
-            vocab = math.ceil(raw / multiple) * multiple
+            vocab = pad_vocab(raw, as_int(args, "make_vocab_size_divisible_by", 128) or 128, tp)
         experts = as_int(args, "num_experts", 0) or 0
         pattern = tuple(layer_pattern(get(args, "moe_layer_freq", 1), layers)) if experts else tuple([0] * layers)
         return ModelShape(
