@@ -42,10 +42,6 @@ class ClusterConfig:
     SBATCH_EXTRA: str = ckey("Extra #SBATCH flags, space separated, e.g. '--exclusive --mem=0'.")
     MASTER_PORT: int = ckey("Rendezvous port on the first node.", 29500)
 
-    @property
-    def per_model_keys(self) -> tuple[str, ...]:
-        return PER_MODEL_KEYS
-
 
 CLUSTER_KEYS = tuple(f.name for f in dataclasses.fields(ClusterConfig) if f.name != "NAME")
 PER_MODEL_KEYS = ("DATA_PATH", "TOKENIZER_MODEL", "LOAD_PATH")

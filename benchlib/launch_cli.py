@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,6 @@ container runtime in CI); tests/test_slurm_jobs.py runs the CONTAINER_RUNTIME=no
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess

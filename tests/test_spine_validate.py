@@ -1,7 +1,6 @@
 """Megatron-Core's own parser and validator, on this CPU, for every shipped model at its default layout."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

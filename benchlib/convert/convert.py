@@ -358,8 +358,6 @@ class _LegacyReader:
     def get(self, name: str, dtype: Any) -> Any:
         import re
 
-        import torch
-
         m = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
         stage, local = self.pp - 1, name
         if m:
