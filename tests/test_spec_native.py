@@ -16,8 +16,6 @@ paths (torch grouped_mm and SDPA kernels) are checked on an H200 by bench/gpu_sp
 from __future__ import annotations
 
 import math
-import os
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -114,31 +112,6 @@ def test_refusals_name_the_missing_piece():
 
 
 # ---------------------------------------------------------------- Megatron modules on CPU
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mpu():
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    created = False
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(_free_port())
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        created = True
-    if not ps.model_parallel_is_initialized():
-        ps.initialize_model_parallel(1, 1)
-    yield ps
-    ps.destroy_model_parallel()
-    if created:
-        dist.destroy_process_group()
 
 
 def moe_config(**over):

@@ -3,6 +3,7 @@
 Use through Megatron's `--spec benchlib.spec native_spec` with `--transformer-impl local`
 (the benchlib driver picks it when Transformer Engine is absent). Megatron's builder calls
 `native_spec(config, vp_stage=...)`. torch / megatron are imported only when it is called.
+Building the spec also installs `fast_ops` (see there; `BENCH_NATIVE_FAST_OPS=0` turns it off).
 """
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ SPEC_ARG = ["benchlib.spec", "native_spec"]
 
 
 def native_spec(config: Any, vp_stage: Optional[int] = None) -> Any:
-    """Megatron layer / block spec: SDPA core attention, grouped-GEMM experts, torch norms."""
+    """Megatron layer / block spec: SDPA core attention, grouped-GEMM experts, torch norms.
+
+    Also puts the spec's fast stand-ins for a few Megatron functions in place (fast_ops.py:
+    cross-entropy, MoE token permutation), once per process."""
+    from . import fast_ops
     from .layer_spec import build_native_spec
 
+    fast_ops.install()
     return build_native_spec(config, vp_stage=vp_stage)
