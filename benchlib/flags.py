@@ -44,14 +44,17 @@ def _precision_flags(k: Knobs) -> FlagList:
     return list(PRECISION_FLAGS[k.PR])
 
 
-def _moe_flags(k: Knobs, model_flags: dict[str, Any]) -> FlagList:
+def _moe_flags(k: Knobs, model_flags: dict[str, Any], backend: str) -> FlagList:
     if "--num-experts" not in model_flags:
         return []
     out = list(DISPATCHER_FLAGS[k.DISPATCHER])
     if k.MOE_GROUPED_GEMM:
         out.append(("--moe-grouped-gemm", True))
     if k.A2A_OVERLAP:
-        out += [("--overlap-moe-expert-parallel-comm", True), ("--delay-wgrad-compute", True)]
+        out.append(("--overlap-moe-expert-parallel-comm", True))
+        # delaying the expert weight gradients (more overlap) needs TE's grouped linear
+        if backend == "te":
+            out.append(("--delay-wgrad-compute", True))
     return out
 
 
@@ -139,6 +142,7 @@ def derived_flags(
     model_flags: dict[str, Any],
     extra_flags: set[str],
     *,
+    backend: str,
     run_dir: str,
     data_path: str,
     tokenizer: str,
@@ -146,7 +150,7 @@ def derived_flags(
 ) -> FlagList:
     return [
         *_precision_flags(k),
-        *_moe_flags(k, model_flags),
+        *_moe_flags(k, model_flags, backend),
         *_parallel_flags(k, extra_flags),
         *_recompute_flags(k),
         *_optimizer_flags(k),

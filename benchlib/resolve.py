@@ -222,11 +222,16 @@ def resolve_run(
 
     derived = F.derived_flags(
         knobs, cluster, model_flags, extra_flags,
+        backend=backend.name,
         run_dir=str(run_dir),
         data_path=cluster.DATA_PATH, tokenizer=cluster.TOKENIZER_MODEL, load_path=cluster.LOAD_PATH,
     )
     tokens = F.to_tokens(model_flags.items()) + F.to_tokens(backend.flags) + F.to_tokens(derived) + list(extra)
     env = {**model.env_vars, **backend.env}
+    if knobs.A2A_OVERLAP and knobs.TP == 1 and knobs.CP == 1:
+        # the all-to-all runs on its own stream beside the other micro-batch's compute; one
+        # hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1, for TP/CP overlap) would serialise them
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "32"
     secret_env = [k for k in env if is_secret_name(k)]
     if secret_env:
         raise BenchError(f"{model.path}: ENV_VARS must not hold secrets ({', '.join(secret_env)})", hint="export secrets in your shell instead")

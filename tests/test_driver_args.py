@@ -99,3 +99,37 @@ def test_megatron_refuses_a_bad_layout_through_the_driver_argv(monkeypatch: pyte
     args = parse_args()
     with pytest.raises(AssertionError):
         validate_args(args)
+
+
+@pytest.mark.megatron
+def test_forward_step_gives_the_schedule_plan_when_megatron_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Megatron's combined 1F1B schedule (A2A_OVERLAP=1) calls forward_step(..., return_schedule_plan=True)
+    and expects the model's schedule plan, not its output."""
+    import megatron.training
+
+    from benchlib.driver import train
+
+    class Timer:
+        def start(self) -> None: ...
+        def stop(self) -> None: ...
+
+    monkeypatch.setattr(megatron.training, "get_timers", lambda: (lambda name, log_level=0: Timer()))
+    batch = ("tokens", "labels", "loss_mask", "mask", "positions")
+    monkeypatch.setattr(train, "get_batch", lambda it: batch)
+    calls = []
+
+    class Model:
+        def __call__(self, *args, **kwargs):
+            calls.append(("forward", args, kwargs))
+            return "output"
+
+        def build_schedule_plan(self, *args, **kwargs):
+            calls.append(("plan", args, kwargs))
+            return "plan"
+
+    out, loss_fn = train.forward_step(iter(()), Model(), return_schedule_plan=True)
+    assert out == "plan" and loss_fn.args == ("loss_mask",)
+    out, _ = train.forward_step(iter(()), Model())
+    assert out == "output"
+    assert [c[0] for c in calls] == ["plan", "forward"]
+    assert calls[0][1] == ("tokens", "positions", "mask") and calls[0][2] == {"labels": "labels", "loss_mask": "loss_mask"}

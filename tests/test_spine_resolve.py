@@ -266,3 +266,22 @@ def test_native_backend_refuses_cp_and_etp(clean_env):
         resolve({**base, "CP": "2"}, "CLUSTER=template")
     with pytest.raises(BenchError, match="ETP=2: expert tensor parallelism"):
         resolve({**base, "ETP": "2"}, "CLUSTER=template")
+
+
+def test_a2a_overlap_flags_per_backend(clean_env):
+    base = {**clean_env, **_single_node(PROXY), "NNODES": "1", "EP": "4", "A2A_OVERLAP": "1"}
+    native = resolve({**base, "BACKEND": "native"}, "CLUSTER=template")
+    assert "--overlap-moe-expert-parallel-comm" in native.megatron_args
+    # delayed expert wgrad needs TE's grouped linear: only the TE backend asks for it
+    assert "--delay-wgrad-compute" not in native.megatron_args
+    # the all-to-all stream must not share one hardware queue with compute
+    assert native.env["CUDA_DEVICE_MAX_CONNECTIONS"] == "32"
+    te = resolve({**base, "BACKEND": "te"}, "CLUSTER=template")
+    assert "--overlap-moe-expert-parallel-comm" in te.megatron_args and "--delay-wgrad-compute" in te.megatron_args
+    with pytest.raises(BenchError, match="A2A_OVERLAP=1 .*local spec"):
+        resolve({**base, "BACKEND": "local"}, "CLUSTER=template")
+    with pytest.raises(BenchError, match="A2A_OVERLAP=1 needs EP>1"):
+        resolve({**base, "EP": "1", "BACKEND": "native"}, "CLUSTER=template")
+    plain = resolve({**base, "A2A_OVERLAP": "0", "BACKEND": "native"}, "CLUSTER=template")
+    assert "--overlap-moe-expert-parallel-comm" not in plain.megatron_args
+    assert plain.env.get("CUDA_DEVICE_MAX_CONNECTIONS") == "1"

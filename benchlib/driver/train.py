@@ -145,12 +145,17 @@ def loss_func(loss_mask: Any, output_tensor: Any) -> tuple:
     return loss, num_tokens, {"lm loss": report}
 
 
-def forward_step(data_iterator: Any, model: Any) -> tuple:
+def forward_step(data_iterator: Any, model: Any, return_schedule_plan: bool = False) -> tuple:
+    """One micro-batch forward. With --overlap-moe-expert-parallel-comm, Megatron's combined
+    1F1B schedule asks for the model's schedule plan instead of its output."""
     from megatron.training import get_timers
 
     timers = get_timers()
     timers("batch-generator", log_level=2).start()
     tokens, labels, loss_mask, attention_mask, position_ids = get_batch(data_iterator)
     timers("batch-generator").stop()
+    if return_schedule_plan:
+        plan = model.build_schedule_plan(tokens, position_ids, attention_mask, labels=labels, loss_mask=loss_mask)
+        return plan, partial(loss_func, loss_mask)
     output = model(tokens, position_ids, attention_mask, labels=labels, loss_mask=loss_mask)
     return output, partial(loss_func, loss_mask)
