@@ -44,9 +44,12 @@ class Run:
     iters: int = 20
     extra: list[str] = dataclasses.field(default_factory=list)
     timeout: int = 240
+    entry: str = ""  # a script run instead of `-m benchlib.driver` (bench/profile_driver.py)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 Q = "Qwen3-30B-A3B-Proxy"
+LC_EXTRA = ["--lr", "5e-5", "--min-lr", "5e-6", "--seed", "1234"]
 D = "DeepSeek-V2-Lite-Proxy"
 M = "Mixtral-8x2B"
 RUNS: dict[str, Run] = {
@@ -74,6 +77,22 @@ RUNS: dict[str, Run] = {
     # (its YAML spells the dense/MoE pattern for 27 layers: first layer dense, the rest MoE)
     "dsv2lite_8l_4gpu_native": Run("DeepSeek-V2-Lite", 4, dict(NUM_LAYERS=8, EP=4, MBS=2, GBS=64), "native", 15,
                                    extra=["--moe-layer-freq", "([0]*1+[1]*7)"]),
+    # session 2: where the 1-GPU step goes (torch profiler, steps 6-7), then candidate speed-ups
+    "qwen_1gpu_native_mbs4_prof": Run(Q, 1, dict(MBS=4, GBS=32), "native", 9,
+                                      entry="bench/profile_driver.py", env={"BENCH_PROFILE": "6:8"}),
+    "qwen_1gpu_native_mbs4_cef": Run(Q, 1, dict(MBS=4, GBS=32), "native", 12, extra=["--cross-entropy-loss-fusion"]),
+    # loss curves, native vs local, 50 iterations at a gentle learning rate (no loss spikes)
+    "qwen_1gpu_native_lc": Run(Q, 1, dict(MBS=2, GBS=8), "native", 50, extra=LC_EXTRA),
+    "qwen_1gpu_local_lc": Run(Q, 1, dict(MBS=2, GBS=8), "local", 50, extra=LC_EXTRA, timeout=300),
+    # with the fast ops (benchlib/spec/fast_ops.py): 1 GPU (profiled again), 2 GPUs EP=2
+    "qwen_1gpu_fast_prof": Run(Q, 1, dict(MBS=4, GBS=32), "native", 12,
+                               entry="bench/profile_driver.py", env={"BENCH_PROFILE": "6:8"}),
+    "qwen_2gpu_ep2_native": Run(Q, 2, dict(EP=2, MBS=4, GBS=64), "native", 12),
+    "qwen_2gpu_ep2_native_a2a": Run(Q, 2, dict(EP=2, MBS=4, GBS=64, A2A_OVERLAP=1), "native", 12),
+    "qwen_2gpu_ep2_native_nofast": Run(Q, 2, dict(EP=2, MBS=4, GBS=64), "native", 12, env={"BENCH_NATIVE_FAST_OPS": "0"}),
+    "qwen_2gpu_ep2_local": Run(Q, 2, dict(EP=2, MBS=4, GBS=64), "local", 10),
+    "qwen_2gpu_ep2_native_a2a_prof": Run(Q, 2, dict(EP=2, MBS=4, GBS=64, A2A_OVERLAP=1), "native", 12,
+                                         entry="bench/profile_driver.py", env={"BENCH_PROFILE": "6:8"}),
 }
 
 
@@ -155,8 +174,12 @@ def launch(name: str, run: Run, out_dir: Path, deadline: float) -> dict[str, Any
     env["PYTHONPATH"] = f"{ROOT}:{env.get('PYTHONPATH', '')}"
     if run.gpus == 1:
         env["CUDA_VISIBLE_DEVICES"] = "0"
+    env.update(run.env)
+    if run.entry:
+        env.setdefault("BENCH_PROFILE_OUT", str(out_dir / name))
+    entry = [str(ROOT / run.entry)] if run.entry else ["-m", "benchlib.driver"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={run.gpus}",
-           "-m", "benchlib.driver", *argv]
+           *entry, *argv]
     log = out_dir / f"{name}.log"
     budget = min(run.timeout, max(10, int(deadline - time.time())))
     t0 = time.time()
