@@ -88,6 +88,8 @@ def main(dirs: list[str]) -> int:
             "command": run["command"], "env": run.get("env"), "megatron_args": run["megatron_args"],
             "argv_source": run.get("argv_source"), "note": note,
             "log_fixture": f"tests/fixtures/logs/{name}.log",
+            # the native spec's fast ops (benchlib/spec/fast_ops.py) were on unless turned off
+            "fast_ops": run["backend"] == "native" and (run.get("env") or {}).get("BENCH_NATIVE_FAST_OPS", "1") != "0",
             **figures(run, log),
         }
         if base_name and base_name in runs and runs[base_name][1] is summary:
@@ -154,6 +156,8 @@ def interactive_record(run_dir: str, name: str, command: str, *, summary_json: s
         "megatron_args": resolved.get("megatron_args"),
         "argv_source": "interactive_benchmarking.sh -> benchlib launch (resolved.json)",
         "log_fixture": f"tests/fixtures/logs/{name}.log",
+        "fast_ops": (resolved.get("backend") or {}).get("name") == "native"
+        and (resolved.get("env") or {}).get("BENCH_NATIVE_FAST_OPS", "1") != "0",
         **interactive_figures(rd),
     }
     if note:

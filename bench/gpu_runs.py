@@ -202,7 +202,7 @@ def launch(name: str, run: Run, out_dir: Path, deadline: float) -> dict[str, Any
     res.update(name=name, model=run.model, gpus=run.gpus, backend=run.backend, knobs=run.knobs, rc=rc,
                wall_s=round(time.time() - t0, 1), megatron_args=argv, argv_source=source,
                command="torchrun --standalone --nproc-per-node=%d -m benchlib.driver %s" % (run.gpus, " ".join(argv)),
-               env={k: v for k, v in env.items() if k in {**model_env, **SAFE_ENV, "BENCH_SPEC": 1, "CUDA_VISIBLE_DEVICES": 1}})
+               env={k: v for k, v in env.items() if k in {**model_env, **SAFE_ENV, "BENCH_SPEC": 1, "CUDA_VISIBLE_DEVICES": 1, "BENCH_NATIVE_FAST_OPS": 1}})
     if rc not in (0, "timeout") or not res.get("iterations"):
         res["log_tail"] = log.read_text(errors="replace").splitlines()[-25:]
     return res

@@ -86,9 +86,12 @@ def test_estimate_within_15_percent_of_real_logs(log: Path) -> None:
     cmd = shlex.split(first[len("# command: "):])
     argv = cmd[cmd.index("benchlib.driver") + 1:]
     gpus = int(re.search(r"--nproc-per-node[= ](\d+)", first).group(1))
-    backend = "native" if "_native_" in log.name else "local" if "_local_" in log.name else None
+    record = record_of_log(log)
+    backend = "local" if "_local_" in log.name else "native" if "BENCH_SPEC=native" in text or "benchlib.spec" in text else None
+    if record.get("backend") in ("native", "local", "te"):
+        backend = record["backend"]
     measured = max(float(x) for x in re.findall(r"max allocated: ([\d.]+)", text)) * 1024**2
-    args, backend = args_from_record({"megatron_args": argv, "gpus": gpus, "backend": backend})
+    args, backend = args_from_record({"megatron_args": argv, "gpus": gpus, "backend": backend, **_fast_ops_of(record)})
     est = estimate_from_args(args, backend=backend)
     error = est.peak_allocated / measured - 1
     assert abs(error) <= TOLERANCE, f"{log.name}: {error:+.1%}\n{est.table()}"
@@ -126,7 +129,26 @@ def test_estimate_from_the_logs_argument_dump(log: Path) -> None:
 
     parsed = parse_log([log])
     args, backend = log_args(parsed.config)
+    args.setdefault("native_fast_ops", _fast_ops_of(record_of_log(log)).get("fast_ops", False))
     est = estimate_from_args(args, backend=backend)
     measured = max(m.max_allocated_mb for m in parsed.memory) * 1024**2
     error = est.peak_allocated / measured - 1
     assert abs(error) <= TOLERANCE, f"{log.name}: {error:+.1%}\n{est.table()}"
+
+
+def record_of_log(log: Path) -> dict:
+    """The bench/results record whose run (or same-call baseline) this fixture log is."""
+    rel = f"tests/fixtures/logs/{log.name}"
+    for path in sorted(RESULTS.glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("log_fixture") == rel:
+            return rec
+        base = rec.get("baseline") or {}
+        if base.get("log_fixture") == rel:
+            return {**base, "fast_ops": False}
+    return {}
+
+
+def _fast_ops_of(record: dict) -> dict:
+    """Whether the native spec's fast ops were on (records made before them carry no key: off)."""
+    return {"fast_ops": bool(record.get("fast_ops", False))}

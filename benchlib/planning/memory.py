@@ -11,7 +11,8 @@ What is counted (docs/planning.md derives each term):
   on the CPU);
 - activations saved for backward, per layer and micro-batch, tensor by tensor, times the
   micro-batches the pipeline schedule keeps in flight, minus what recompute drops;
-- transients: the loss's bf16 logits next to their fp32 copy, the bf16 weight gradient of the
+- transients: the loss's bf16 logits next to their fp32 copy (not with the native spec's fused
+  cross-entropy, which keeps only the bf16 logits), the bf16 weight gradient of the
   largest parameter before it is added to the main gradient, the optimizer step's scratch;
 - a fixed allocator constant (MISC_BYTES) and, for the fit check only, the CUDA/NCCL context
   and fragmentation headroom (not part of what `torch.cuda.max_memory_allocated` counts).
@@ -186,6 +187,9 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
         backend = backend.get("name")
     if backend not in ("te", "native", "local"):
         backend = None
+    if backend == "native" and "native_fast_ops" not in args:
+        # records say `fast_ops`; native records made before the fast ops existed do not
+        args["native_fast_ops"] = bool(record.get("fast_ops", False))
     return args, backend
 
 
@@ -397,6 +401,9 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
                          hint="give the run's world size (world_size) with its layout")
     m = ModelShape.from_args(args, tp=lay.tp)
     attn = attention_backend(args, backend)
+    # the native spec's fast ops (benchlib/spec/fast_ops.py) replace the fp32 cross-entropy for
+    # TP=1; `native_fast_ops: false` describes a run with BENCH_NATIVE_FAST_OPS=0 (or made before them)
+    fused_loss = attn == "sdpa" and lay.tp == 1 and as_bool(args, "native_fast_ops", True)
     granularity = str(get(args, "recompute_granularity", "") or "")
     modules = frozenset(as_list(args, "recompute_modules") or DEFAULT_SELECTIVE) if granularity == "selective" else frozenset()
     sp = as_bool(args, "sequence_parallel")
@@ -466,12 +473,15 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
         if st.loss:
             # Final norm input + output-layer input, fp32 logits kept by the cross entropy, per loss
             # (main + each MTP head); MTP blocks also keep enorm/hnorm inputs and the 2h concat.
-            logits = 4 * ctx.t * m.vocab / lay.tp
-            acts_total["logits (fp32, for the loss)"] = logits * (1 + mtp_here)
+            if fused_loss:  # benchlib's fused cross-entropy keeps the bf16 logits and a log-sum-exp per token
+                acts_total["logits (bf16, kept by the fused loss)"] = (2 * ctx.t * m.vocab / lay.tp + 4 * ctx.t) * (1 + mtp_here)
+            else:
+                acts_total["logits (fp32, for the loss)"] = 4 * ctx.t * m.vocab / lay.tp * (1 + mtp_here)
             acts_total["norms"] = acts_total.get("norms", 0) + (2 * 2 * ctx.th * m.hidden) * (1 + mtp_here)
             if mtp_here:
                 acts_total["mtp"] = mtp_here * (2 * ctx.th * m.hidden + 4 * ctx.th * m.hidden)
-            transient["bf16 logits beside their fp32 copy"] = 2 * ctx.t * m.vocab / lay.tp
+            if not fused_loss:
+                transient["bf16 logits beside their fp32 copy"] = 2 * ctx.t * m.vocab / lay.tp
         if st.embedding:
             acts_total["embedding"] = 16 * ctx.t * flight  # token ids, position ids, labels, loss mask
         wgrad = 0.0 if grad_acc_fusion else 2 * params.largest
