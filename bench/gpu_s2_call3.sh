@@ -8,14 +8,8 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export CUDA_VISIBLE_DEVICES=0
 timeout 150 python3 bench/gpu_fast_ops_check.py "$OUT/fast_ops_check.json" > "$OUT/raw/fast_ops_check.log" 2>&1
 echo "fast_ops_check rc=$?"; grep -E '"(ok|speedup|max_abs_[a-z_]+|grad_max_abs_diff|permuted_equal|[a-z]+_ms_[a-z_]+)"' "$OUT/raw/fast_ops_check.log" | tr -s ' ' | tr '\n' ' '; echo
-run_i() {  # name, timeout, env and args for interactive_benchmarking.sh
-  local name=$1 limit=$2; shift 2
-  echo "== interactive $name: $*"
-  env "$@" timeout "$limit" bash interactive_benchmarking.sh > "$OUT/raw/interactive_$name.log" 2>&1
-  local rc=$?
-  echo "rc=$rc"; grep -E "throughput per GPU|result|Error|error" "$OUT/raw/interactive_$name.log" | grep -v -i warn | tail -3 | cut -c1-400
-  return $rc
-}
+# shellcheck source=bench/interactive_runs.sh
+source "$(dirname "$0")/interactive_runs.sh"
 run_i qwen_native 120 MODEL=Qwen3-30B-A3B-Proxy TRAIN_ITERS=15
 run_i qwen_local 200 MODEL=Qwen3-30B-A3B-Proxy BACKEND=local TRAIN_ITERS=10 ||
   run_i qwen_local_mbs2 200 MODEL=Qwen3-30B-A3B-Proxy BACKEND=local TRAIN_ITERS=10 MBS=2 GBS=16

@@ -5,14 +5,8 @@
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/raw"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-run_i() {  # name, timeout, env and KEY=VALUE args for interactive_benchmarking.sh
-  local name=$1 limit=$2; shift 2
-  echo "== interactive $name: $*"
-  env "$@" timeout "$limit" bash interactive_benchmarking.sh > "$OUT/raw/interactive_$name.log" 2>&1
-  local rc=$?
-  echo "rc=$rc"; grep -E "throughput per GPU|Error|error" "$OUT/raw/interactive_$name.log" | grep -v -i warn | tail -2 | cut -c1-330
-  return $rc
-}
+# shellcheck source=bench/interactive_runs.sh
+source "$(dirname "$0")/interactive_runs.sh"
 run_i qwen_ep4_native 150 MODEL=Qwen3-30B-A3B-Proxy EP=4 MBS=4 GBS=64 TRAIN_ITERS=20
 run_i qwen_ep4_native_a2a 150 MODEL=Qwen3-30B-A3B-Proxy EP=4 MBS=4 GBS=64 TRAIN_ITERS=20 A2A_OVERLAP=1
 run_i qwen_ep4_local 150 MODEL=Qwen3-30B-A3B-Proxy EP=4 MBS=4 GBS=64 TRAIN_ITERS=10 BACKEND=local

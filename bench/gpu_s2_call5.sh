@@ -5,14 +5,8 @@
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/raw"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-run_i() {  # name, timeout, env and KEY=VALUE args for interactive_benchmarking.sh
-  local name=$1 limit=$2; shift 2
-  echo "== interactive $name: $*"
-  env "$@" timeout "$limit" bash interactive_benchmarking.sh > "$OUT/raw/interactive_$name.log" 2>&1
-  local rc=$?
-  echo "rc=$rc"; grep -E "throughput per GPU|Error|error" "$OUT/raw/interactive_$name.log" | grep -v -i warn | tail -2 | cut -c1-330
-  return $rc
-}
+# shellcheck source=bench/interactive_runs.sh
+source "$(dirname "$0")/interactive_runs.sh"
 run_i qwen_pp2_ep2 120 MODEL=Qwen3-30B-A3B-Proxy PP=2 EP=2 MBS=4 GBS=64 TRAIN_ITERS=12
 run_i qwen_pp2_vpp2_ep2_a2a 120 MODEL=Qwen3-30B-A3B-Proxy PP=2 VPP=2 EP=2 MBS=4 GBS=64 TRAIN_ITERS=12 A2A_OVERLAP=1
 run_i dsv2lite_proxy_pp2_ep2 120 MODEL=DeepSeek-V2-Lite-Proxy PP=2 EP=2 TRAIN_ITERS=12
