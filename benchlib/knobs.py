@@ -58,6 +58,11 @@ class Knobs:
         "auto",
         ("auto", "te", "native", "local"),
     )
+    FAST_OPS: bool = knob(
+        "BACKEND=native only: benchlib's Triton kernels (cross-entropy, MoE permutation, RoPE) in place of "
+        "Megatron's unfused functions; 0 = Megatron's own, to compare. No effect on te or local.",
+        True,
+    )
     # --- data and checkpoints ------------------------------------------------------
     DATA: str = knob("mock (synthetic tokens) or real (the cluster's DATA_PATH and TOKENIZER_MODEL).", "mock", ("mock", "real"))
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)

@@ -285,3 +285,20 @@ def test_a2a_overlap_flags_per_backend(clean_env):
     plain = resolve({**base, "A2A_OVERLAP": "0", "BACKEND": "native"}, "CLUSTER=template")
     assert "--overlap-moe-expert-parallel-comm" not in plain.megatron_args
     assert plain.env.get("CUDA_DEVICE_MAX_CONNECTIONS") == "1"
+
+
+def test_fast_ops_knob_reaches_the_native_ranks_and_the_memory_check(clean_env):
+    from benchlib.planning.memory import estimate_memory
+
+    base = {**clean_env, **_single_node(PROXY), "NNODES": "1", "BACKEND": "native", "MBS": "4", "GBS": "32"}
+    on = resolve(base, "CLUSTER=template")
+    assert on.knobs.FAST_OPS and "BENCH_NATIVE_FAST_OPS" not in on.env
+    off = resolve({**base, "FAST_OPS": "0"}, "CLUSTER=template")
+    assert off.env["BENCH_NATIVE_FAST_OPS"] == "0" and off.provenance["FAST_OPS"] == "environment"
+    # without the fused loss the cross-entropy keeps fp32 logits instead of bf16 ones (+2 bytes a
+    # logit) and has a bf16 copy beside them while it runs (up to +2 more): 16384 tokens x 151936
+    logits = 16384 * 151936
+    extra = estimate_memory(off).peak_allocated - estimate_memory(on).peak_allocated
+    assert 2 * logits < extra <= 4 * logits
+    te = resolve({**base, "BACKEND": "te", "FAST_OPS": "0"}, "CLUSTER=template")
+    assert "BENCH_NATIVE_FAST_OPS" not in te.env  # no effect outside the native spec

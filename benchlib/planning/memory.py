@@ -566,6 +566,7 @@ def run_args(run: Any) -> dict[str, Any]:
     args.setdefault("global_batch_size", k.GBS)
     args.setdefault("seq_length", k.SEQ_LEN)
     args.setdefault("world_size", run.world_size)
+    args.setdefault("native_fast_ops", getattr(k, "FAST_OPS", True))
     return args
 
 
