@@ -75,7 +75,10 @@ def choose_backend(k: Knobs, cluster: ClusterConfig) -> BackendChoice:
     if name == "te":
         return BackendChoice("te", reason, list(TE_FLAGS), {})
     if name == "native":
-        return BackendChoice("native", reason, list(NATIVE_FLAGS), dict(NATIVE_ENV))
+        env = dict(NATIVE_ENV)
+        if not k.FAST_OPS:
+            env["BENCH_NATIVE_FAST_OPS"] = "0"  # read by benchlib/spec/fast_ops.py in every rank
+        return BackendChoice("native", reason, list(NATIVE_FLAGS), env)
     return BackendChoice("local", reason, list(LOCAL_FLAGS), {})
 
 

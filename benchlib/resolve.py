@@ -228,8 +228,6 @@ def resolve_run(
     )
     tokens = F.to_tokens(model_flags.items()) + F.to_tokens(backend.flags) + F.to_tokens(derived) + list(extra)
     env = {**model.env_vars, **backend.env}
-    if backend.name == "native" and not knobs.FAST_OPS:
-        env["BENCH_NATIVE_FAST_OPS"] = "0"  # read by benchlib/spec/fast_ops.py in every rank
     if knobs.A2A_OVERLAP and knobs.TP == 1 and knobs.CP == 1:
         # the all-to-all runs on its own stream beside the other micro-batch's compute; one
         # hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1, for TP/CP overlap) would serialise them

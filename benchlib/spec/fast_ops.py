@@ -85,21 +85,25 @@ def _tp_size(tp_group: Any) -> int:
     return 1
 
 
-def vocab_parallel_cross_entropy(vocab_parallel_logits: Any, target: Any, label_smoothing: float = 0.0, tp_group: Any = None) -> Any:
+def _loss_covered(logits: Any, target: Any, tp_group: Any, label_smoothing: float = 0.0) -> bool:
     from .kernels import use_triton
+
+    return label_smoothing == 0.0 and _tp_size(tp_group) == 1 and use_triton(logits, target)
+
+
+def vocab_parallel_cross_entropy(vocab_parallel_logits: Any, target: Any, label_smoothing: float = 0.0, tp_group: Any = None) -> Any:
     from .kernels.cross_entropy import cross_entropy
 
-    if label_smoothing == 0.0 and _tp_size(tp_group) == 1 and use_triton(vocab_parallel_logits, target):
+    if _loss_covered(vocab_parallel_logits, target, tp_group, label_smoothing):
         return cross_entropy(vocab_parallel_logits, target)
     original = _original("megatron.core.tensor_parallel", "vocab_parallel_cross_entropy")
     return original(vocab_parallel_logits, target, label_smoothing=label_smoothing, tp_group=tp_group)
 
 
 def fused_vocab_parallel_cross_entropy(vocab_parallel_logits: Any, target: Any, tp_group: Any) -> Any:
-    from .kernels import use_triton
     from .kernels.cross_entropy import cross_entropy
 
-    if _tp_size(tp_group) == 1 and use_triton(vocab_parallel_logits, target):
+    if _loss_covered(vocab_parallel_logits, target, tp_group):
         return cross_entropy(vocab_parallel_logits, target)
     original = _original("megatron.core.models.common.language_module.language_module", "fused_vocab_parallel_cross_entropy")
     return original(vocab_parallel_logits, target, tp_group)
