@@ -8,8 +8,8 @@ transformers' own classes (no download), saved in many safetensors shards, conve
 `benchlib.convert.hf_to_mcore` (torch_dist, fp32), loaded into a Megatron-Core GPTModel on the GPU
 through Megatron's `dist_checkpointing.load`, and its logits are compared with Hugging Face's
 (fp32 on CPU, the reference) on the same tokens. Two specs per family:
-  native     benchlib.spec (the suite's torch-native spec: SDPA attention, grouped-GEMM experts)
-  local+sdpa Megatron's local spec with the native spec's SDPA core attention (benchlib.convert.sdpa_attention)
+  native     benchlib.megatron.spec (the suite's torch-native spec: SDPA attention, grouped-GEMM experts)
+  local+sdpa Megatron's local spec with the native spec's SDPA core attention (benchlib.megatron.sdpa_attention)
              (Megatron's local DotProductAttention refuses MLA's k_channels)
 Pass: max |logit difference| < 1e-4 for every family on at least one spec, and on the native spec
 wherever it builds. Prints one verdict line and writes convert_mla_parity.json in OUT_DIR.
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "convert"))
 
 TOL = 1e-4
 FAMILIES = ("DeepSeek-V2-Lite", "DeepSeek-V2", "DeepSeek-V3")
-SPECS = {"native": "benchlib.spec.layer_spec:build_native_spec", "local+sdpa": None}
+SPECS = {"native": "benchlib.megatron.spec.layer_spec:build_native_spec", "local+sdpa": None}
 
 
 def megatron_logits_on(device: str, ckpt: Path, tokens, spec: str | None):  # noqa: ANN001, ANN201
@@ -39,8 +39,8 @@ def megatron_logits_on(device: str, ckpt: Path, tokens, spec: str | None):  # no
     from megatron.core import dist_checkpointing
 
     from benchlib.convert.families import shape_from_config
-    from benchlib.convert.mcore_build import build_gpt_model, cpu_current_device
-    from benchlib.convert.mcore_model import build_flags, resolve_spec
+    from benchlib.megatron.build import build_gpt_model, cpu_current_device
+    from benchlib.megatron.model import build_flags, resolve_spec
 
     shape = shape_from_config(json.loads((ckpt / "hf_config.json").read_text()))
     model = build_gpt_model(build_flags(shape, "fp32", 128), spec=resolve_spec(spec, shape))
@@ -69,7 +69,7 @@ def main() -> int:
     import tiny_hf
 
     from benchlib.convert.convert import hf_to_mcore
-    from benchlib.convert.mcore_build import init_single_process
+    from benchlib.megatron.build import init_single_process
 
     init_single_process()
     t0 = time.time()

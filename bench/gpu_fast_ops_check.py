@@ -38,7 +38,7 @@ def timed(fn, reps: int = 10) -> float:
 def check_cross_entropy(tokens: int, vocab: int) -> dict:
     from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy as megatron_ce
 
-    from benchlib.spec.kernels.cross_entropy import cross_entropy
+    from benchlib.megatron.spec.kernels.cross_entropy import cross_entropy
 
     torch.manual_seed(0)
     logits = (torch.randn(tokens // 4, 4, vocab, device="cuda") * 3).bfloat16()
@@ -88,7 +88,7 @@ def one_rank_group():
 def check_permute(tokens: int, experts: int, topk: int, hidden: int) -> dict:
     from megatron.core.transformer.moe import moe_utils
 
-    from benchlib.spec import fast_ops
+    from benchlib.megatron.spec import fast_ops
 
     torch.manual_seed(1)
     scores = torch.rand(tokens, experts, device="cuda")
@@ -127,7 +127,7 @@ def check_permute(tokens: int, experts: int, topk: int, hidden: int) -> dict:
 def check_rope(seq: int, batch: int, heads: int, dim: int) -> dict:
     from megatron.core.models.common.embeddings import rope_utils
 
-    from benchlib.spec import fast_ops
+    from benchlib.megatron.spec import fast_ops
 
     torch.manual_seed(2)
     fused = torch.randn(seq, batch, heads, dim + 2 * 128, device="cuda").bfloat16()  # like q out of a QKV split

@@ -4,9 +4,9 @@
 
 Each RUN is a name from RUNS below: a model config, a GPU count, knobs and a backend
 (native = benchlib's torch-native spec, local = Megatron's local spec). The Megatron argument
-list comes from `benchlib.resolve.resolve_run` (the suite's own resolution) when the runtime
+list comes from `benchlib.config.resolve.resolve_run` (the suite's own resolution) when the runtime
 configs resolve, else from the model YAML plus the derived flags written out here (the record
-says which: key `argv_source`). Training goes through `torchrun -m benchlib.driver`.
+says which: key `argv_source`). Training goes through `torchrun -m benchlib.megatron.driver`.
 Figures are computed from Megatron's own log lines (iteration time, TFLOP/s/GPU, memory).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Run:
     iters: int = 20
     extra: list[str] = dataclasses.field(default_factory=list)
     timeout: int = 240
-    entry: str = ""  # a script run instead of `-m benchlib.driver` (bench/profile_driver.py)
+    entry: str = ""  # a script run instead of `-m benchlib.megatron.driver` (bench/profile_driver.py)
     env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -100,14 +100,14 @@ def build_argv(run: Run) -> tuple[list[str], dict[str, str], str]:
     """Megatron args + model env for a run: the suite's resolver first, else the YAML by hand."""
     knobs = {"MODEL": run.model, "TRAIN_ITERS": run.iters, "BACKEND": run.backend, "DATA": "mock", **run.knobs}
     try:
-        from benchlib.resolve import resolve_run
+        from benchlib.config.resolve import resolve_run
 
         env = dict(os.environ, **{k: str(v) for k, v in knobs.items()})
         resolved = resolve_run([f"{k}={v}" for k, v in knobs.items()], env, mode="interactive", local_gpus=run.gpus)
-        return list(resolved.megatron_args) + list(run.extra), dict(resolved.env), "benchlib.resolve"
+        return list(resolved.megatron_args) + list(run.extra), dict(resolved.env), "benchlib.config.resolve"
     except Exception as err:  # runtime configs not there yet / a knob they do not know
         print(f"[gpu_runs] resolve_run failed ({type(err).__name__}: {str(err).splitlines()[0]}); building argv from the YAML", flush=True)
-    from benchlib.model_config import load_model, substitute
+    from benchlib.config.model_config import load_model, substitute
 
     model = load_model(run.model)
     values = {"TP": 1, "PP": 1, "EP": 1, "ETP": 1, "CP": 1, "MBS": 1, "GBS": 8, "SEQ_LEN": 4096, "NUM_LAYERS": 4}
@@ -177,7 +177,7 @@ def launch(name: str, run: Run, out_dir: Path, deadline: float) -> dict[str, Any
     env.update(run.env)
     if run.entry:
         env.setdefault("BENCH_PROFILE_OUT", str(out_dir / name))
-    entry = [str(ROOT / run.entry)] if run.entry else ["-m", "benchlib.driver"]
+    entry = [str(ROOT / run.entry)] if run.entry else ["-m", "benchlib.megatron.driver"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={run.gpus}",
            *entry, *argv]
     log = out_dir / f"{name}.log"
@@ -201,7 +201,7 @@ def launch(name: str, run: Run, out_dir: Path, deadline: float) -> dict[str, Any
     res = parse(log.read_text(errors="replace"), run.gpus, seq)
     res.update(name=name, model=run.model, gpus=run.gpus, backend=run.backend, knobs=run.knobs, rc=rc,
                wall_s=round(time.time() - t0, 1), megatron_args=argv, argv_source=source,
-               command="torchrun --standalone --nproc-per-node=%d -m benchlib.driver %s" % (run.gpus, " ".join(argv)),
+               command="torchrun --standalone --nproc-per-node=%d -m benchlib.megatron.driver %s" % (run.gpus, " ".join(argv)),
                env={k: v for k, v in env.items() if k in {**model_env, **SAFE_ENV, "BENCH_SPEC": 1, "CUDA_VISIBLE_DEVICES": 1, "BENCH_NATIVE_FAST_OPS": 1}})
     if rc not in (0, "timeout") or not res.get("iterations"):
         res["log_tail"] = log.read_text(errors="replace").splitlines()[-25:]

@@ -30,7 +30,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_grouped(results: dict) -> bool:
-    from benchlib.spec.experts import grouped_mm, reference_grouped_mm
+    from benchlib.megatron.spec.experts import grouped_mm, reference_grouped_mm
 
     torch.manual_seed(0)
     ok = True
@@ -61,7 +61,7 @@ def check_attention(results: dict) -> bool:
     from megatron.core.transformer.enums import AttnMaskType
     from types import SimpleNamespace
 
-    from benchlib.spec.attention import SDPAttention
+    from benchlib.megatron.spec.attention import SDPAttention
 
     ok = True
     for name, nq, ng, dk, dv, scale in [
@@ -99,7 +99,7 @@ def check_attention(results: dict) -> bool:
 
 
 def time_experts(results: dict) -> None:
-    from benchlib.spec.experts import grouped_mm
+    from benchlib.megatron.spec.experts import grouped_mm
 
     E, H, F, topk = 128, 2048, 768, 8
     for mbs in (1, 2, 4):

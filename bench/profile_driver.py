@@ -1,4 +1,4 @@
-"""benchlib.driver with torch.profiler around a few training steps: where a step's GPU time goes.
+"""benchlib.megatron.driver with torch.profiler around a few training steps: where a step's GPU time goes.
 
     BENCH_PROFILE=START:END BENCH_PROFILE_OUT=DIR torchrun ... bench/profile_driver.py <megatron args>
 
@@ -70,7 +70,7 @@ def main() -> int:
         return result
 
     training.train_step = profiled_train_step
-    from benchlib.driver.train import main as driver_main
+    from benchlib.megatron.driver.train import main as driver_main
 
     return driver_main()
 

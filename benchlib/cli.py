@@ -9,15 +9,17 @@ import argparse
 import importlib
 import sys
 
-from .errors import BenchError
-from .secrets import redact
+from benchlib.core.errors import BenchError
+from benchlib.core.secrets import redact
 
 # Modules that add subcommands, in help order. Each has `register(subparsers) -> None`.
 COMMAND_MODULES = (
-    "benchlib.launch_cli",  # resolve, render, launch, validate, models, knobs
-    "benchlib.slurm.cli",  # status, stop
+    "benchlib.launch.cli",  # resolve, render, launch, collect, models, knobs
+    "benchlib.megatron.cli",  # validate, validate-args (Megatron-Core on CPU)
+    "benchlib.launch.slurm.cli",  # status, stop
     "benchlib.metrics.cli",  # parse, compare, push
-    "benchlib.planning.cli",  # estimate, plan, sweep
+    "benchlib.planning.cli",  # estimate, plan
+    "benchlib.launch.sweep_cli",  # sweep
     "benchlib.convert.cli",  # convert hf-to-mcore | mcore-to-hf
     "benchlib.data.cli",  # data prepare
 )

@@ -38,9 +38,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def clean_env() -> dict[str, str]:
     """An environment with no knob, cluster key or secret leaking in from the caller's shell."""
-    from benchlib.cluster import CLUSTER_KEYS
-    from benchlib.knobs import KNOB_NAMES
-    from benchlib.secrets import is_secret_name
+    from benchlib.config.cluster import CLUSTER_KEYS
+    from benchlib.config.knobs import KNOB_NAMES
+    from benchlib.core.secrets import is_secret_name
 
     drop = set(KNOB_NAMES) | set(CLUSTER_KEYS) | {"DRY_RUN"}
     return {k: v for k, v in os.environ.items() if k not in drop and not is_secret_name(k)}

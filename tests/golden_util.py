@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchlib.paths import SUITE_ROOT
+from benchlib.core.paths import SUITE_ROOT
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 STAMP = "20260101-000000"
@@ -20,8 +20,8 @@ PINNED = {
 
 
 def render_golden(model: str, mode: str, base_env: dict[str, str]) -> str:
-    from benchlib.render import render_interactive, render_sbatch
-    from benchlib.resolve import resolve_run
+    from benchlib.render.scripts import render_interactive, render_sbatch
+    from benchlib.config.resolve import resolve_run
 
     env = {**base_env, **PINNED, "MODEL": model}
     if mode == "sbatch":
@@ -30,7 +30,7 @@ def render_golden(model: str, mode: str, base_env: dict[str, str]) -> str:
     else:
         # The interactive golden is an 8-GPU node: the torch-native backend where the model's default
         # layout runs without Transformer Engine, else Transformer Engine (an NGC container).
-        from benchlib.errors import BenchError
+        from benchlib.core.errors import BenchError
 
         try:
             run = resolve_run(["CLUSTER=local"], {**env, "BACKEND": "native"}, mode="interactive", stamp=STAMP, local_gpus=8)

@@ -8,9 +8,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib.cluster import CLUSTER_KEYS  # noqa: E402
-from benchlib.knobs import KNOB_NAMES  # noqa: E402
-from benchlib.model_config import available_models  # noqa: E402
+from benchlib.config.cluster import CLUSTER_KEYS  # noqa: E402
+from benchlib.config.knobs import KNOB_NAMES  # noqa: E402
+from benchlib.config.model_config import available_models  # noqa: E402
 from golden_util import GOLDEN_DIR, golden_path, render_golden  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from benchlib.knobs import knob_markdown_table  # noqa: E402
+from benchlib.config.knobs import knob_markdown_table  # noqa: E402
 
 readme = REPO / "README.md"
 text = readme.read_text()

@@ -24,7 +24,7 @@ def test_convert_modules_import_without_torch() -> None:
 
 def test_layout_split_and_refusals() -> None:
     from benchlib.convert.layout import Layout, rank_dir
-    from benchlib.errors import BenchError
+    from benchlib.core.errors import BenchError
 
     assert [list(r) for r in Layout(pp=4, first=13).stage_layers(61)] == [list(range(13)), list(range(13, 29)), list(range(29, 45)), list(range(45, 61))]
     assert [len(r) for r in Layout(pp=3, first=2, last=3).stage_layers(9)] == [2, 4, 3]

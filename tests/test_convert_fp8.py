@@ -41,7 +41,7 @@ def test_fp8_checkpoint_reader_dequantizes(tmp_path) -> None:  # noqa: ANN001
 
 def test_bad_scale_shape_is_named() -> None:
     from benchlib.convert.hf_io import dequantize_fp8
-    from benchlib.errors import BenchError
+    from benchlib.core.errors import BenchError
 
     with pytest.raises(BenchError, match="weight_scale_inv shape"):
         dequantize_fp8(torch.zeros(256, 256).to(torch.float8_e4m3fn), torch.ones(1, 2))

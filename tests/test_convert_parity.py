@@ -2,7 +2,7 @@
 
 Real parts: transformers' own model classes (random weights, no download), Megatron-Core 0.19.2's
 GPTModel built on CPU from the same flags the conversion records (local spec; MLA with the SDPA
-core attention from benchlib.convert.sdpa_attention because Megatron's local DotProductAttention
+core attention from benchlib.megatron.sdpa_attention because Megatron's local DotProductAttention
 refuses MLA), Megatron's dist_checkpointing.load. Faked: nothing; GPUs are not needed.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tiny_hf  # noqa: E402
 
 pytestmark = [pytest.mark.megatron, pytest.mark.slow]
 
-# DeepSeek-V2-Lite (no q LoRA) builds through benchlib.convert.sdpa_attention.plain_q_proj_without_q_lora.
+# DeepSeek-V2-Lite (no q LoRA) builds through benchlib.megatron.sdpa_attention.plain_q_proj_without_q_lora.
 PARITY = ["Qwen3-MoE", "Mixtral", "GLM-4.5-Air", "DeepSeek-V2-Lite", "DeepSeek-V2", "DeepSeek-V3"]
 
 
@@ -86,21 +86,21 @@ def test_legacy_round_trip_tp_pp_uneven_ep(family: str, tmp_path: Path) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-NATIVE = "benchlib.spec.layer_spec:build_native_spec"
+NATIVE = "benchlib.megatron.spec.layer_spec:build_native_spec"
 
 
 @pytest.mark.parametrize(
     ("family", "convert_spec"), [("Qwen3-MoE", None), ("DeepSeek-V3", None), ("GLM-4.5-Air", NATIVE), ("DeepSeek-V2-Lite", NATIVE)]
 )
 def test_native_spec_loads_the_checkpoint_with_parity(family: str, convert_spec: str | None, tmp_path: Path) -> None:
-    """The suite's torch-native spec (benchlib.spec: SDPA attention, grouped experts named weight{i})
+    """The suite's torch-native spec (benchlib.megatron.spec: SDPA attention, grouped experts named weight{i})
     loads a torch_dist checkpoint converted with Megatron's local spec (same sharded keys), and one
     converted with the native spec itself, and computes HF's logits."""
     import torch
 
     from benchlib.convert.convert import hf_to_mcore
 
-    pytest.importorskip("benchlib.spec.layer_spec")
+    pytest.importorskip("benchlib.megatron.spec.layer_spec")
     hf_dir, model = tiny_hf.build(family, tmp_path / "hf")
     hf_to_mcore(hf_dir, tmp_path / "mc", dtype="fp32", spec=convert_spec)
     tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(2))
@@ -117,7 +117,7 @@ def test_legacy_file_loads_strictly_with_parity(family: str, spec: str | None, t
     from benchlib.convert.convert import hf_to_mcore
 
     if spec:
-        pytest.importorskip("benchlib.spec.layer_spec")
+        pytest.importorskip("benchlib.megatron.spec.layer_spec")
     hf_dir, model = tiny_hf.build(family, tmp_path / "hf")
     hf_to_mcore(hf_dir, tmp_path / "leg", formats=("legacy",), dtype="fp32", spec=spec)
     ck = torch.load(tmp_path / "leg" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", weights_only=False)
@@ -165,7 +165,7 @@ def test_checkpoint_saved_by_megatron_converts_back(family: str, tmp_path: Path,
         monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     saved = tmp_path / "trained"
     (saved / "iter_0000005").mkdir(parents=True)
-    from benchlib.convert.mcore_build import cpu_current_device
+    from benchlib.megatron.build import cpu_current_device
 
     with cpu_current_device():  # Megatron's writer also asks torch.cuda.current_device()
         dist_checkpointing.save({"model": model.sharded_state_dict(), "checkpoint_version": 3.0, "iteration": 5},

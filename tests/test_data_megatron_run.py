@@ -45,7 +45,7 @@ prefix, tokenizer, seq, docs_file = sys.argv[1:5]
 sys.argv = [
     "pretrain", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
     "--micro-batch-size", "1", "--seq-length", seq, "--max-position-embeddings", seq,
-    # What benchlib.flags renders for DATA=real:
+    # What benchlib.config.flags renders for DATA=real:
     "--data-path", prefix, "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer,
     "--split", "99,1,0",
 ]
@@ -158,7 +158,7 @@ def test_dataset_indices_come_from_the_wheels_compiled_helpers(run_view):
 
 
 def test_documents_per_split_is_what_megatron_cut(run_view):
-    from benchlib.data.splits import documents_per_split
+    from benchlib.megatron.splits import documents_per_split
 
     _, docs, view = run_view
     assert view["split_documents"] == documents_per_split(len(docs), "99,1,0")

@@ -210,8 +210,8 @@ def test_model_vocab_is_the_default_training_size_and_unknown_models_are_refused
     import yaml
 
     from benchlib.data.prepare import PrepareOptions
-    from benchlib.errors import BenchError
-    from benchlib.paths import MODEL_DIR
+    from benchlib.core.errors import BenchError
+    from benchlib.core.paths import MODEL_DIR
 
     expected = yaml.safe_load((MODEL_DIR / "Qwen3-30B-A3B-Proxy.yaml").read_text())["MODEL_ARGS"]["--vocab-size"]
     opts = PrepareOptions(input=tmp_path / "c.txt", output_prefix=tmp_path / "o", model="Qwen3-30B-A3B-Proxy")
@@ -225,8 +225,8 @@ def test_model_vocab_is_the_default_training_size_and_unknown_models_are_refused
 def test_printed_settings_resolve_to_the_megatron_data_flags(prepared_jsonl, tmp_path):
     """The env overrides and the [MODEL] section that `prepare` prints, fed to benchlib's own
     resolver: both give --data-path / HuggingFaceTokenizer / --tokenizer-model for DATA=real."""
-    from benchlib.paths import CLUSTER_DIR
-    from benchlib.resolve import resolve_run
+    from benchlib.core.paths import CLUSTER_DIR
+    from benchlib.config.resolve import resolve_run
 
     root, _, out = prepared_jsonl
     prefix, folder = str(root / "out" / "corpus"), str(root / "out" / "corpus-tokenizer")
@@ -238,7 +238,7 @@ def test_printed_settings_resolve_to_the_megatron_data_flags(prepared_jsonl, tmp
     assert {k: run.flags.get(k) for k in want} == want
     assert "--mock-data" not in run.flags
     # The split `prepare` checks the corpus size against is the one a run renders.
-    from benchlib.data.splits import RUN_SPLIT
+    from benchlib.megatron.splits import RUN_SPLIT
 
     assert run.flags["--split"] == RUN_SPLIT
 
@@ -255,7 +255,7 @@ def test_runs_split_gives_every_document_to_training(tmp_path):
     """DATA=real renders --split 100,0,0 (benchmarks train only), so even a tiny corpus leaves no
     split with weight but no document (which makes Megatron-Core 0.19.2 hang); a weighted split
     such as 99,1,0 still is detected as empty for 50 documents."""
-    from benchlib.data.splits import RUN_SPLIT, empty_splits, min_documents
+    from benchlib.megatron.splits import RUN_SPLIT, empty_splits, min_documents
 
     assert RUN_SPLIT == "100,0,0" and empty_splits(1) == [] and min_documents() == 1
     assert empty_splits(50, "99,1,0") == ["valid"] and min_documents("99,1,0") == 51

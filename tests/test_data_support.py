@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from benchlib.errors import BenchError
+from benchlib.core.errors import BenchError
 
 _WORDS = (
     "the a river mountain quick brown fox jumps over lazy dog data tokens expert router "

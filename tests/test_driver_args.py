@@ -1,4 +1,4 @@
-"""The driver's argument handling: backend choice (pure Python) and the resulting argument list
+"""The driver's argument handling: reading the backend the launcher rendered (pure Python) and the resulting argument list
 going through Megatron-Core 0.19.2's own parse_args + validate_args + gpt_config_from_args.
 
 Faked: the GPU. validate_args asks torch.cuda.get_device_capability(); it is answered with an
@@ -10,8 +10,12 @@ import sys
 
 import pytest
 
-from benchlib.driver.argv import LOCAL_IMPL_FLAGS, NATIVE_SPEC_ARGS, choose_backend, flag_value, spec_value
-from benchlib.errors import BenchError
+from pathlib import Path
+
+from benchlib.config.backend import FUSION_OFF_FLAGS, LOCAL_FLAGS, NATIVE_FLAGS, NATIVE_SPEC
+from benchlib.config.flags import to_tokens
+from benchlib.megatron.driver.argv import backend_of, check_runnable, flag_value, spec_value
+from benchlib.core.errors import BenchError
 
 SMALL_MOE = [
     "--num-layers", "2", "--hidden-size", "256", "--num-attention-heads", "8", "--group-query-attention",
@@ -24,35 +28,36 @@ SMALL_MOE = [
 ]
 
 
-def test_no_te_switches_to_native_and_adds_local_impl_flags() -> None:
-    c = choose_backend(list(SMALL_MOE), te_available=False)
-    assert c.backend == "native"
-    assert flag_value(c.argv, "--transformer-impl") == "local"
-    assert spec_value(c.argv) == NATIVE_SPEC_ARGS[1:]
-    for f in LOCAL_IMPL_FLAGS:
-        assert f in c.argv
-    assert c.announce.startswith("benchlib driver: backend native") and "\n" not in c.announce
+NATIVE_ARGV = SMALL_MOE + to_tokens(NATIVE_FLAGS)
 
 
-def test_te_importable_keeps_arguments_untouched() -> None:
-    c = choose_backend(list(SMALL_MOE), te_available=True)
-    assert c.backend == "te" and c.argv == SMALL_MOE
+def test_backend_is_read_from_the_rendered_argv_not_decided() -> None:
+    """The launcher's NATIVE_FLAGS make a native argv; the driver only reads it back, whatever TE does."""
+    assert spec_value(NATIVE_ARGV) == list(NATIVE_SPEC)
+    assert flag_value(NATIVE_ARGV, "--transformer-impl") == "local"
+    for flag in FUSION_OFF_FLAGS:
+        assert flag in NATIVE_ARGV
+    assert backend_of(NATIVE_ARGV) == "native"
+    assert check_runnable(NATIVE_ARGV, te_available=True) == "native"  # TE importable changes nothing
+    assert check_runnable(NATIVE_ARGV, te_available=False) == "native"
+    local = SMALL_MOE + to_tokens(LOCAL_FLAGS)
+    assert backend_of(local) == "local" and spec_value(local) is None
 
 
-def test_explicit_local_keeps_megatron_local_spec() -> None:
-    c = choose_backend(SMALL_MOE + ["--transformer-impl", "local", "--no-rope-fusion"], te_available=False)
-    assert c.backend == "local"
-    assert spec_value(c.argv) is None
-    assert c.argv.count("--no-rope-fusion") == 1  # not added twice
+def test_te_argv_runs_where_te_imports_and_is_refused_with_the_fix_where_it_does_not() -> None:
+    assert check_runnable(list(SMALL_MOE), te_available=True) == "te"  # Megatron's default impl is TE
+    with pytest.raises(BenchError) as err:
+        check_runnable(SMALL_MOE + ["--transformer-impl", "transformer_engine"], te_available=False)
+    assert "BACKEND=native" in err.value.hint
 
 
-def test_bench_spec_env_overrides_te_default() -> None:
-    c = choose_backend(SMALL_MOE + ["--transformer-impl", "transformer_engine"], te_available=True, bench_spec="native")
-    assert c.backend == "native"
-    assert flag_value(c.argv, "--transformer-impl") == "local"
-    assert c.argv.count("--transformer-impl") == 1
-    with pytest.raises(BenchError):
-        choose_backend(SMALL_MOE, te_available=False, bench_spec="fast")
+def test_driver_module_keeps_no_environment_backend_switch() -> None:
+    """One decision per fact: nothing under benchlib reads a second backend variable."""
+    import benchlib
+
+    root = Path(benchlib.__file__).parent
+    offenders = [str(p) for p in root.rglob("*.py") if "BENCH_SPEC" in p.read_text()]
+    assert offenders == []
 
 
 def test_flag_value_forms() -> None:
@@ -68,13 +73,12 @@ def test_megatron_validates_native_argv_and_resolves_spec(monkeypatch: pytest.Mo
     from megatron.training.argument_utils import gpt_config_from_args
     from megatron.training.arguments import parse_args, validate_args
 
-    import benchlib.spec
+    import benchlib.megatron.spec
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
-    c = choose_backend(list(SMALL_MOE), te_available=False)
-    monkeypatch.setattr(sys, "argv", ["driver", *c.argv])
+    monkeypatch.setattr(sys, "argv", ["driver", *NATIVE_ARGV])
     args = parse_args()
     validate_args(args)
     assert args.transformer_impl == "local"
@@ -82,7 +86,7 @@ def test_megatron_validates_native_argv_and_resolves_spec(monkeypatch: pytest.Mo
     t = cfg.transformer
     assert t.persist_layer_norm is False and t.gradient_accumulation_fusion is False
     assert t.masked_softmax_fusion is False and t.apply_rope_fusion is False
-    assert cfg.transformer_layer_spec is benchlib.spec.native_spec
+    assert cfg.transformer_layer_spec is benchlib.megatron.spec.native_spec
 
 
 @pytest.mark.megatron
@@ -94,8 +98,7 @@ def test_megatron_refuses_a_bad_layout_through_the_driver_argv(monkeypatch: pyte
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "6")
-    c = choose_backend(SMALL_MOE + ["--expert-model-parallel-size", "6"], te_available=False)
-    monkeypatch.setattr(sys, "argv", ["driver", *c.argv])
+    monkeypatch.setattr(sys, "argv", ["driver", *NATIVE_ARGV, "--expert-model-parallel-size", "6"])
     args = parse_args()
     with pytest.raises(AssertionError):
         validate_args(args)
@@ -107,7 +110,7 @@ def test_forward_step_gives_the_schedule_plan_when_megatron_asks(monkeypatch: py
     and expects the model's schedule plan, not its output."""
     import megatron.training
 
-    from benchlib.driver import train
+    from benchlib.megatron.driver import train
 
     class Timer:
         def start(self) -> None: ...

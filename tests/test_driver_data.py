@@ -1,5 +1,5 @@
 """The driver's data path and loss, as a run uses them: Megatron-Core's own
-`parse_and_validate_args` on the driver's argument list, then `benchlib.driver.train.datasets_provider`
+`parse_and_validate_args` on the driver's argument list, then `benchlib.megatron.driver.train.datasets_provider`
 (Megatron's BlendedMegatronDatasetBuilder over MockGPTDataset or an indexed dataset made by
 `benchlib data prepare`), then samples drawn on CPU; and the loss function's per-token reduction.
 
@@ -31,22 +31,24 @@ from megatron.core import parallel_state as ps
 ps.initialize_model_parallel(1, 1)
 import megatron.core.datasets.utils as dataset_utils
 from megatron.training.arguments import parse_and_validate_args
-from benchlib.driver.argv import choose_backend
-from benchlib.driver import train
+from benchlib.config.backend import NATIVE_FLAGS
+from benchlib.config.flags import to_tokens
+from benchlib.megatron.driver.argv import backend_of
+from benchlib.megatron.driver import train
 
 dataset_utils.compile_helpers = train._check_helpers_instead_of_make
 data_args = json.loads(sys.argv[1])
 base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--micro-batch-size", "1",
         "--global-batch-size", "4", "--seq-length", "32", "--max-position-embeddings", "32", "--train-iters", "4",
         "--lr", "1e-4", "--bf16"]
-choice = choose_backend(base + data_args, te_available=False)
-sys.argv = ["driver"] + choice.argv
+argv = base + data_args + to_tokens(NATIVE_FLAGS)
+sys.argv = ["driver"] + argv
 args = parse_and_validate_args()
 train.fill_wheel_defaults(args)
 train._check_helpers_instead_of_make()
 tr, va, te = train.datasets_provider([8, 0, 0])
 samples = [{k: v.tolist() for k, v in tr[i].items() if k in ("tokens", "labels", "loss_mask")} for i in range(min(len(tr), 16))]
-print("RESULT " + json.dumps({"backend": choice.backend, "eval_interval": args.eval_interval, "len": len(tr),
+print("RESULT " + json.dumps({"backend": backend_of(argv), "eval_interval": args.eval_interval, "len": len(tr),
                               "cls": type(tr).__name__, "samples": samples, "padded_vocab": args.padded_vocab_size}))
 """
 
@@ -62,7 +64,6 @@ def run_child(data_args: list[str], tmp_path) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
                PYTHONPATH=os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    env.pop("BENCH_SPEC", None)
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(data_args)], env=env, capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -120,7 +121,7 @@ def _contains(seq: list[int], part: list[int]) -> bool:
 
 
 def test_loss_is_a_per_token_sum_with_its_count():
-    from benchlib.driver.train import loss_func
+    from benchlib.megatron.driver.train import loss_func
 
     losses = torch.tensor([[2.0, 4.0, 6.0], [1.0, 3.0, 5.0]])
     mask = torch.tensor([[1, 0, 1], [1, 1, 0]])

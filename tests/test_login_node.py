@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchlib.model_config import available_models
+from benchlib.config.model_config import available_models
 
 REPO = Path(__file__).resolve().parent.parent
 BLOCKER = """

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchlib.errors import BenchError
+from benchlib.core.errors import BenchError
 from benchlib.metrics.flops import layer_pattern, num_floating_point_operations
-from benchlib.paths import MODEL_DIR
+from benchlib.core.paths import MODEL_DIR
 
 MODELS = sorted(p.stem for p in Path(MODEL_DIR).glob("*.yaml"))
 
@@ -36,7 +36,7 @@ def _with_padded_vocab(ns):
 
 
 def _namespace(argv: list[str], world: int = 8, gpu: str = "H100"):
-    from benchlib.validate import validate_megatron_args
+    from benchlib.megatron.validate import validate_megatron_args
 
     return _with_padded_vocab(validate_megatron_args(argv, gpu, world))
 
@@ -86,7 +86,7 @@ def test_every_branch_equals_megatron(name):
 def test_shipped_model_config_equals_megatron(model, clean_env, monkeypatch):
     """Every model_configs/benchmarking/*.yaml, resolved as the suite resolves it, validated by Megatron.
 
-    No GPU here: besides the capability (benchlib.validate answers it), Megatron asks
+    No GPU here: besides the capability (benchlib.megatron.validate answers it), Megatron asks
     `torch.cuda.get_device_properties(0).major` for TP>1 / CP>1; it is answered as the template
     cluster's H100 (major 9).
     """
@@ -94,8 +94,8 @@ def test_shipped_model_config_equals_megatron(model, clean_env, monkeypatch):
 
     import torch
 
-    from benchlib.resolve import resolve_run
-    from benchlib.validate import megatron_namespace
+    from benchlib.config.resolve import resolve_run
+    from benchlib.megatron.validate import megatron_namespace
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: types.SimpleNamespace(major=9, minor=0))
 
@@ -111,7 +111,7 @@ def test_shipped_model_config_equals_megatron(model, clean_env, monkeypatch):
     assert ours == pytest.approx(theirs, rel=1e-9), model
     # and the same from the resolver's own argument dict (no Megatron defaults filled in)
     from_flags = num_floating_point_operations({**run.arch, "padded_vocab_size": ns.padded_vocab_size}, gbs)
-    assert from_flags == pytest.approx(theirs, rel=1e-9), f"{model}: from benchlib.flags.megatron_arg_dict"
+    assert from_flags == pytest.approx(theirs, rel=1e-9), f"{model}: from benchlib.config.flags.megatron_arg_dict"
 
 
 def test_dense_mha_by_hand():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchlib.cli import main
-from benchlib.errors import BenchError
+from benchlib.core.errors import BenchError
 from benchlib.metrics import parse_log, summarize
 from benchlib.metrics.logparse import parse_arg_value, parse_iteration_line, strip_prefix
 from benchlib.metrics.status import EXIT_CODES

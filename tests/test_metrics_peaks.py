@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchlib.errors import BenchError
+from benchlib.core.errors import BenchError
 from benchlib.metrics.peaks import PEAKS, peak_tflops
 from benchlib.metrics.runconfig import precision_of
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from benchlib.cli import main
-from benchlib.errors import BenchError
+from benchlib.core.errors import BenchError
 from benchlib.planning.memory import check_fits, estimate_memory
-from benchlib.resolve import resolve_run
+from benchlib.config.resolve import resolve_run
 
 ENV = {"CLUSTER": "template"}  # GPU_TYPE H100, 8 GPUs per node
 

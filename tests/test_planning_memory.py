@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchlib.errors import BenchError
-from benchlib.layout import Layout
+from benchlib.core.errors import BenchError
+from benchlib.config.layout import Layout
 from benchlib.planning.memory import MISC_BYTES, estimate_from_args, layout_from_args
 from benchlib.planning.pipeline import expand_layout, in_flight, rank_stages
 from benchlib.planning.arch import ModelShape

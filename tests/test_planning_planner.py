@@ -6,7 +6,7 @@ import time
 import pytest
 
 from benchlib.cli import main
-from benchlib.layout import Layout, check_layout
+from benchlib.config.layout import Layout, check_layout
 from benchlib.planning.arch import ModelShape
 from benchlib.planning.gpus import gpu_spec
 from benchlib.planning.memory import estimate_from_args

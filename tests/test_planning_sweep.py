@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from benchlib.cli import main
-from benchlib.errors import BenchError
-from benchlib.planning.sweep import load_grid
+from benchlib.core.errors import BenchError
+from benchlib.launch.sweep import load_grid
 
 sys.path.insert(0, str(Path(__file__).parent))
 from slurm_harness import TERMINAL_STATES, slurm_cluster  # noqa: E402,F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from benchlib.knobs import knob_markdown_table
+from benchlib.config.knobs import knob_markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

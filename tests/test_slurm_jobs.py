@@ -36,9 +36,9 @@ SIGTERM_AWARE = (
 
 
 def base_env(cluster: SlurmCluster) -> dict[str, str]:
-    from benchlib.cluster import CLUSTER_KEYS
-    from benchlib.knobs import KNOB_NAMES
-    from benchlib.secrets import is_secret_name
+    from benchlib.config.cluster import CLUSTER_KEYS
+    from benchlib.config.knobs import KNOB_NAMES
+    from benchlib.core.secrets import is_secret_name
 
     drop = set(KNOB_NAMES) | set(CLUSTER_KEYS) | {"DRY_RUN"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not is_secret_name(k)}
@@ -247,9 +247,9 @@ def test_singleton_holds_the_second_job(slurm_cluster: SlurmCluster) -> None:
 
 def test_job_array_runs_each_run(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """What `benchlib sweep` builds on: an array whose task i runs run i's own script."""
-    from benchlib.launch import prepare, write_run_dir
-    from benchlib.slurm.queue import job_infos
-    from benchlib.slurm.submit import array_script, submit_array
+    from benchlib.launch.run import prepare, write_run_dir
+    from benchlib.launch.slurm.queue import job_infos
+    from benchlib.launch.slurm.submit import array_script, submit_array
 
     env = base_env(slurm_cluster)
     run_dirs, scripts = [], []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchlib.errors import BenchError
+from benchlib.core.errors import BenchError
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "Qwen3-30B-A3B-Proxy"
@@ -24,8 +24,8 @@ def _env(clean_env: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 def render(clean_env: dict[str, str], argv: list[str] | None = None, **extra: str):
-    from benchlib.render import render_sbatch
-    from benchlib.resolve import resolve_run
+    from benchlib.render.scripts import render_sbatch
+    from benchlib.config.resolve import resolve_run
 
     run = resolve_run(argv or ["CLUSTER=template"], _env(clean_env, **extra), mode="sbatch", stamp="20260101-000000")
     return run, render_sbatch(run)
@@ -102,7 +102,7 @@ def test_no_singleton_by_default(clean_env) -> None:
 
 def test_newline_cannot_escape_the_directive_block(clean_env, tmp_path: Path) -> None:
     """A line break in an #SBATCH value could start a new directive or command: it is refused."""
-    from benchlib.errors import BenchError
+    from benchlib.core.errors import BenchError
 
     canary = tmp_path / "PWNED"
     with pytest.raises(BenchError, match="line break"):
@@ -138,7 +138,7 @@ def test_sbatch_missing_points_to_dry_run(clean_env, tmp_path: Path) -> None:
 
 def test_check_can_submit_refuses_pyxis_without_plugin(tmp_path: Path, monkeypatch) -> None:
     """A real `srun --help` without pyxis: here a stub srun on PATH stands in for a cluster's srun."""
-    from benchlib.slurm.submit import check_can_submit
+    from benchlib.launch.slurm.submit import check_can_submit
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -155,7 +155,7 @@ def test_check_can_submit_refuses_pyxis_without_plugin(tmp_path: Path, monkeypat
 
 
 def test_array_script_refuses_mixed_allocations(tmp_path: Path) -> None:
-    from benchlib.slurm.submit import array_script
+    from benchlib.launch.slurm.submit import array_script
 
     a, b = tmp_path / "a.sh", tmp_path / "b.sh"
     a.write_text("#!/bin/bash\n#SBATCH --job-name=a\n#SBATCH --nodes=1\n#SBATCH --time=00:10:00\necho a\n")
@@ -170,8 +170,8 @@ def test_array_script_refuses_mixed_allocations(tmp_path: Path) -> None:
 
 
 def test_scontrol_and_progress_parsing(tmp_path: Path) -> None:
-    from benchlib.slurm.progress import log_progress
-    from benchlib.slurm.queue import parse_scontrol
+    from benchlib.launch.slurm.progress import log_progress
+    from benchlib.launch.slurm.queue import parse_scontrol
 
     f = parse_scontrol("JobId=7 JobName=a b JobState=PENDING Reason=Dependency Comment=x; $(id) y=z ExitCode=0:0")
     assert f["JobName"] == "a b" and f["Reason"] == "Dependency" and f["ExitCode"] == "0:0"

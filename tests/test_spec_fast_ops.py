@@ -28,7 +28,7 @@ def interpreted(monkeypatch):
 
 @pytest.fixture
 def fast_ops():
-    from benchlib.spec import fast_ops as ops
+    from benchlib.megatron.spec import fast_ops as ops
 
     ops.uninstall()
     yield ops
@@ -67,7 +67,7 @@ def test_cross_entropy_matches_megatron_loss_and_gradient(mpu, interpreted, fast
 
 
 def test_cross_entropy_target_outside_vocab_is_lse_only(interpreted, fast_ops):
-    from benchlib.spec.kernels.cross_entropy import cross_entropy
+    from benchlib.megatron.spec.kernels.cross_entropy import cross_entropy
 
     logits = torch.randn(4, 50)
     target = torch.tensor([3, 60, -1, 49])
@@ -207,10 +207,10 @@ def test_install_patches_megatron_and_can_be_turned_off(fast_ops, monkeypatch):
     from megatron.core import tensor_parallel
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
-    monkeypatch.setenv("BENCH_NATIVE_FAST_OPS", "0")
+    monkeypatch.setenv("FAST_OPS", "0")
     assert fast_ops.install() == []
     assert token_dispatcher.permute is moe_utils.permute
-    monkeypatch.delenv("BENCH_NATIVE_FAST_OPS")
+    monkeypatch.delenv("FAST_OPS")
     names = fast_ops.install()
     assert "megatron.core.transformer.moe.token_dispatcher:permute" in names
     assert token_dispatcher.permute is fast_ops.permute
@@ -227,7 +227,7 @@ def test_moe_model_loss_and_gradients_unchanged_by_fast_ops(mpu, interpreted, fa
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from benchlib.spec.layer_spec import build_native_spec
+    from benchlib.megatron.spec.layer_spec import build_native_spec
 
     cfg = TransformerConfig(
         num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, kv_channels=16, ffn_hidden_size=96,
@@ -269,7 +269,7 @@ def test_moe_model_loss_and_gradients_unchanged_by_fast_ops(mpu, interpreted, fa
 
 def spy_kernel_launches(monkeypatch) -> dict[str, int]:
     """Count launches of the Triton kernels (kernel[grid](...)) from here on."""
-    from benchlib.spec.kernels import cross_entropy, permute, rope
+    from benchlib.megatron.spec.kernels import cross_entropy, permute, rope
 
     counts: dict[str, int] = {}
 

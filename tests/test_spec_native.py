@@ -1,4 +1,4 @@
-"""The torch-native spec (benchlib.spec) against independent references, on CPU.
+"""The torch-native spec (benchlib.megatron.spec) against independent references, on CPU.
 
 - SDPAttention vs a float64 softmax(Q K^T * scale + mask) V written out here: GQA and MLA shapes
   (q/k head dim != v head dim, MLA's mscale softmax scale), causal and padding masks, gradients.
@@ -45,7 +45,7 @@ def reference_attention(q, k, v, scale, causal, mask=None):
 
 
 def make_attention(nq, ng, dk, dv, scale, mask_type):
-    from benchlib.spec.attention import SDPAttention
+    from benchlib.megatron.spec.attention import SDPAttention
 
     cfg = SimpleNamespace(context_parallel_size=1, softmax_type="vanilla", window_size=None, window_attn_skip_freq=None,
                           kv_channels=dk, num_attention_heads=nq, num_query_groups=ng, attention_dropout=0.0,
@@ -99,7 +99,7 @@ def test_sdpa_attention_padding_mask():
 
 
 def test_refusals_name_the_missing_piece():
-    from benchlib.spec.layer_spec import unsupported_features
+    from benchlib.megatron.spec.layer_spec import unsupported_features
 
     cfg = SimpleNamespace(context_parallel_size=2, expert_tensor_parallel_size=2, num_moe_experts=8, fp8="e4m3", fp4=None,
                           sequence_parallel=True, add_bias_linear=True, moe_permute_fusion=True, moe_token_dispatcher_type="flex")
@@ -131,7 +131,7 @@ def build_experts(cfg, seed):
     from megatron.core.models.backends import LocalSpecProvider
     from megatron.core.process_groups_config import ProcessGroupCollection
 
-    from benchlib.spec.experts import NativeGroupedMLP
+    from benchlib.megatron.spec.experts import NativeGroupedMLP
 
     pgs = ProcessGroupCollection.use_mpu_process_groups()
     torch.manual_seed(seed)
@@ -201,9 +201,9 @@ def test_grouped_experts_state_dict_is_per_expert_and_round_trips(mpu):
 def test_gqa_moe_model_builds_with_native_modules(mpu):
     from megatron.core.models.gpt.gpt_model import GPTModel
 
-    from benchlib.spec import native_spec
-    from benchlib.spec.attention import SDPAttention
-    from benchlib.spec.experts import NativeGroupedMLP
+    from benchlib.megatron.spec import native_spec
+    from benchlib.megatron.spec.attention import SDPAttention
+    from benchlib.megatron.spec.experts import NativeGroupedMLP
 
     cfg = moe_config(moe_layer_freq=[0, 1])
     model = GPTModel(cfg, native_spec(cfg), vocab_size=128, max_sequence_length=32, position_embedding_type="learned_absolute")
@@ -221,8 +221,8 @@ def test_mla_without_q_lora_builds(mpu, monkeypatch):
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.transformer.transformer_config import MLATransformerConfig
 
-    from benchlib.spec import native_spec
-    from benchlib.spec.attention import SDPAttention
+    from benchlib.megatron.spec import native_spec
+    from benchlib.megatron.spec.attention import SDPAttention
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # see module docstring
     base = {k: v for k, v in vars(moe_config()).items() if not k.startswith("_")}

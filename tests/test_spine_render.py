@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from benchlib.model_config import available_models
-from benchlib.render import render_interactive, render_sbatch, shell_quote
-from benchlib.resolve import resolve_run
+from benchlib.config.model_config import available_models
+from benchlib.render.scripts import render_interactive, render_sbatch, shell_quote
+from benchlib.config.resolve import resolve_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from golden_util import golden_path, render_golden  # noqa: E402
@@ -69,7 +69,7 @@ def test_interactive_script_passes_hostile_values_verbatim(tmp_path, clean_env):
     recorded = calls[0]  # the training launch; the second call is `benchlib collect`
     assert calls[1][:3] == ["-m", "benchlib", "collect"]
     assert recorded[:2] == ["-m", "torch.distributed.run"]
-    i = recorded.index("benchlib.driver")
+    i = recorded.index("benchlib.megatron.driver")
     assert recorded[i + 1 :] == run.megatron_args
     assert recorded[-4:] == extra
     assert not (tmp_path / "pwned").exists() and not Path("/tmp/pwned_bench").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchlib.model_config import available_models
+from benchlib.config.model_config import available_models
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = available_models()

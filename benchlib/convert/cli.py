@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import BenchError
+from benchlib.core.errors import BenchError
 
 
 def _size(text: str) -> int:
@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _hf_to_mcore(a: argparse.Namespace) -> int:
-    from .convert import hf_to_mcore
-    from .layout import Layout
+    from benchlib.convert.convert import hf_to_mcore
+    from benchlib.convert.layout import Layout
 
     for flag in ("target_tp", "target_pp", "target_ep"):
         if getattr(a, flag) < 1:
@@ -76,7 +76,7 @@ def _hf_to_mcore(a: argparse.Namespace) -> int:
 
 
 def _mcore_to_hf(a: argparse.Namespace) -> int:
-    from .convert import mcore_to_hf
+    from benchlib.convert.convert import mcore_to_hf
 
     report = mcore_to_hf(a.mcore_dir, a.out, hf_config=a.hf_config, dtype=a.dtype, max_shard_bytes=_size(a.max_shard_size),
                          spec=a.spec, overwrite=a.overwrite)
@@ -85,7 +85,7 @@ def _mcore_to_hf(a: argparse.Namespace) -> int:
 
 
 def _check_family(hf_dir: Path, family: str) -> None:
-    from .families import FAMILIES, read_config, shape_from_config
+    from benchlib.convert.families import FAMILIES, read_config, shape_from_config
 
     known = sorted(set(FAMILIES.values()))
     if family not in known:

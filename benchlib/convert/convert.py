@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BenchError
-from . import memory
-from .families import ModelShape, read_config, shape_from_config
-from .hf_io import HFReader, HFWriter
-from .layout import Layout, rank_dir, tp_merge, tp_split
-from .mapping import IGNORED_SUFFIXES, Rule, all_rules, canonical_name, combine, mtp_shared_copies, split
+from benchlib.core.errors import BenchError
+from benchlib.convert import memory
+from benchlib.convert.families import ModelShape, read_config, shape_from_config
+from benchlib.convert.hf_io import HFReader, HFWriter
+from benchlib.convert.layout import Layout, rank_dir, tp_merge, tp_split
+from benchlib.convert.mapping import IGNORED_SUFFIXES, Rule, all_rules, canonical_name, combine, mtp_shared_copies, split
 
 DTYPES = ("bf16", "fp16", "fp32")
 ITERATION = 1
@@ -164,7 +164,7 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
     reader = HFReader(hf_dir, shape.fp8_block)
     rules = all_rules(shape)
     _check_coverage(reader, rules, shape)
-    from .mcore_model import build_meta_model
+    from benchlib.megatron.model import build_meta_model
 
     model, args = build_meta_model(shape, dtype, layout.vocab_multiple, spec)
     if expert_layout == "auto":  # what the spec's experts are called
@@ -184,10 +184,10 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
     with _Staging(out_dir, overwrite) as tmp:
         common = {"args": args, "checkpoint_version": 3.0, "iteration": ITERATION}
         if "torch_dist" in formats:
-            from . import torch_dist
+            from benchlib.megatron import checkpoint as dist_checkpoint
 
             dist_dir = tmp / "torch_dist" if len(formats) > 1 else tmp
-            torch_dist.save(model, dist_dir / f"iter_{ITERATION:07d}", produce, common, dist_file_bytes)
+            dist_checkpoint.save(model, dist_dir / f"iter_{ITERATION:07d}", produce, common, dist_file_bytes)
             (dist_dir / "latest_checkpointed_iteration.txt").write_text(f"{ITERATION}\n")
         if "legacy" in formats:
             leg_dir = tmp / "legacy" if len(formats) > 1 else tmp
@@ -404,11 +404,11 @@ def mcore_to_hf(mcore_dir: Path, out_dir: Path, *, hf_config: Path | None = None
     tdt = _torch_dtype(dtype)
     report = Report("mcore-to-hf", shape.family, str(out_dir), ["safetensors"])
     if (it_dir / "metadata.json").is_file():
-        from . import torch_dist
-        from .mcore_model import build_meta_model
+        from benchlib.megatron import checkpoint as dist_checkpoint
+        from benchlib.megatron.model import build_meta_model
 
         model, _ = build_meta_model(shape, dtype, 128, spec)
-        src: Any = torch_dist.Reader(model, it_dir)
+        src: Any = dist_checkpoint.Reader(model, it_dir, canonical_name)
         get = src.get
     else:
         src = _LegacyReader(it_dir, shape)

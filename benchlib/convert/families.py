@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BenchError
+from benchlib.core.errors import BenchError
 
 # model_type -> family name used by the CLI and ckpt_convert_scripts/<Family>/.
 FAMILIES: dict[str, str] = {

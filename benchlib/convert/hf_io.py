@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import BenchError
+from benchlib.core.errors import BenchError
 
 
 class HFReader:

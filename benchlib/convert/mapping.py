@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .families import ModelShape
+from benchlib.convert.families import ModelShape
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def prepare_command(args: argparse.Namespace) -> int:
     # A local tokenizer folder needs no Hub; make sure nothing tries (set before transformers loads).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from .prepare import PrepareOptions, prepare, usage_text
+    from benchlib.data.prepare import PrepareOptions, prepare, usage_text
 
     opts = PrepareOptions(
         input=args.input,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import BenchError
+from benchlib.core.errors import BenchError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 

@@ -33,7 +33,7 @@ def encode_batch(hf_tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 def _init_worker(tokenizer_path: str) -> None:
     global _WORKER_TOKENIZER
-    from .tokenizer import hf_backend, load_megatron_tokenizer
+    from benchlib.megatron.tokenizer import hf_backend, load_megatron_tokenizer
 
     _WORKER_TOKENIZER = hf_backend(load_megatron_tokenizer(Path(tokenizer_path)))
 

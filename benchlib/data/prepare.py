@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import BenchError
-from .corpus import Corpus
-from .indexed import bin_path, idx_path, write_indexed
+from benchlib.core.errors import BenchError
+from benchlib.data.corpus import Corpus
+from benchlib.megatron.indexed import bin_path, idx_path, write_indexed
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class PrepareOptions:
     model: str | None = None  # a model config: its --vocab-size is the default for training
 
     def default_vocab_size(self) -> int:
-        from .tokenizer import DEFAULT_VOCAB
+        from benchlib.data.tokenizer import DEFAULT_VOCAB
 
         return self.vocab_size or model_vocab_size(self.model) or DEFAULT_VOCAB
 
@@ -72,7 +72,7 @@ def model_vocab_size(model: str | None) -> int | None:
     """The `--vocab-size` of a model config, or None (no model named, or it sets none)."""
     if not model or model.startswith("<"):
         return None
-    from ..model_config import load_model
+    from benchlib.config.model_config import load_model
 
     value = load_model(model).model_args.get("--vocab-size")
     try:
@@ -128,11 +128,11 @@ def normalize(opts: PrepareOptions) -> PrepareOptions:
             hint="pass a regular file, or pass --tokenizer with an existing tokenizer (then a pipe is read once)",
         )
     if out.tokenizer is not None:
-        from .tokenizer import check_tokenizer_path
+        from benchlib.data.tokenizer import check_tokenizer_path
 
         check_tokenizer_path(out.tokenizer)
     else:
-        from .tokenizer import check_vocab_size
+        from benchlib.data.tokenizer import check_vocab_size
 
         check_vocab_size(out.default_vocab_size())
         if out.trained_tokenizer_dir().exists() and not out.overwrite:
@@ -165,7 +165,7 @@ def _check_writable_parent(path: Path) -> None:
 
 
 def _train_tokenizer(corpus: Corpus, vocab_size: int):
-    from .tokenizer import train_bpe
+    from benchlib.data.tokenizer import train_bpe
 
     failure: list[BaseException] = []
 
@@ -202,8 +202,9 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
     """Run the whole step; returns what was written."""
     import tempfile
 
-    from .encode import encode_documents
-    from .tokenizer import load_megatron_tokenizer, save_hf_folder
+    from benchlib.data.encode import encode_documents
+    from benchlib.data.tokenizer import check_tokenizer_path, save_hf_folder
+    from benchlib.megatron.tokenizer import load_megatron_tokenizer
 
     opts = normalize(opts)
     corpus = Corpus(opts.input, opts.text_key, opts.input_format)
@@ -222,6 +223,7 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
             save_hf_folder(tok, tokenizer_dir)
         else:
             final_tok = tokenizer_dir = opts.tokenizer  # type: ignore[assignment]
+        check_tokenizer_path(tokenizer_dir)
         tokenizer = load_megatron_tokenizer(tokenizer_dir)
         vocab_size = int(tokenizer.vocab_size)
         eod = None
@@ -240,13 +242,13 @@ def prepare(opts: PrepareOptions, log: Callable[[str], None] = print) -> Prepare
         if opts.overwrite:
             _remove_stale_cache(opts.output_prefix, log)
         if staging is not None:
-            from .tokenizer import replace_folder
+            from benchlib.data.tokenizer import replace_folder
 
             replace_folder(tokenizer_dir, final_tok)
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    from .splits import empty_splits
+    from benchlib.megatron.splits import empty_splits
 
     return PrepareResult(
         empty_run_splits=tuple(empty_splits(stats.documents)),
@@ -306,7 +308,7 @@ def usage_text(result: PrepareResult, *, model: str | None = None, cluster: str 
         f"tokenizer   {result.tokenizer_path}",
     ]
     if result.empty_run_splits:
-        from .splits import RUN_SPLIT, min_documents
+        from benchlib.megatron.splits import RUN_SPLIT, min_documents
 
         lines += [
             "",

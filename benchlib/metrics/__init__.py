@@ -4,8 +4,8 @@ Nothing here imports torch or megatron at module level: parsing runs on login no
 """
 from __future__ import annotations
 
-from .logparse import ParsedLog, parse_log
-from .result import RunResult, load_result, summarize, write_result
-from .summary_text import format_summary
+from benchlib.metrics.logparse import ParsedLog, parse_log
+from benchlib.metrics.result import RunResult, load_result, summarize, write_result
+from benchlib.metrics.summary_text import format_summary
 
 __all__ = ["ParsedLog", "RunResult", "format_summary", "load_result", "parse_log", "summarize", "write_result"]

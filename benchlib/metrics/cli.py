@@ -6,13 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import BenchError
-from .peaks import GPU_TYPES
-from .status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, EXIT_CODES, STATUSES
-from .steady import DEFAULT_MIN_SKIP, DEFAULT_SKIP_FRACTION
-
-RUN_LOG_NAME = "train.log"
-
+from benchlib.core.errors import BenchError
+from benchlib.core.rundir import RESULT_FILE
+from benchlib.metrics.collect import load_config, result_for, run_logs, run_dir_config
+from benchlib.metrics.peaks import GPU_TYPES
+from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, EXIT_CODES, STATUSES
+from benchlib.metrics.steady import DEFAULT_MIN_SKIP, DEFAULT_SKIP_FRACTION
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -54,58 +53,10 @@ def register(subparsers) -> None:
     w.set_defaults(func=cmd_push)
 
 
-def run_logs(path: Path) -> list[Path]:
-    """The log files of a run directory (logs/train.log, else every *.log / *.out in logs/)."""
-    logs_dir = path / "logs" if (path / "logs").is_dir() else path
-    main = logs_dir / RUN_LOG_NAME
-    if main.is_file():
-        return [main]
-    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err"))
-    if not found:
-        raise BenchError(f"no log files in {logs_dir}", hint="was the run started? a run directory keeps its logs in logs/")
-    return found
-
-
-def load_config(path: Path | None) -> dict | None:
-    if path is None:
-        return None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BenchError(f"cannot read config {path}: {err}", hint="give a resolved.json or a JSON object of Megatron arguments") from None
-    if not isinstance(data, dict):
-        raise BenchError(f"config {path} is not a JSON object", hint="give a resolved.json or a JSON object of Megatron arguments")
-    return data
-
-
-def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = None, config: dict | None = None,
-               skip: int | None = None, hang_factor: float = DEFAULT_HANG_FACTOR, hang_min_s: float = DEFAULT_HANG_MIN_S):
-    """A RunResult from a result JSON, a log file or a run directory. Returns (result, run_dir or None)."""
-    from .logparse import parse_log
-    from .result import load_result, summarize
-
-    path = Path(arg)
-    if path.is_file() and path.suffix == ".json":
-        return load_result(path), None
-    run_dir = None
-    if path.is_dir():
-        run_dir = path
-        logs = run_logs(path)
-        if config is None and (path / "resolved.json").is_file():
-            config = load_config(path / "resolved.json")
-    elif path.is_file():
-        logs = [path]
-    else:
-        raise BenchError(f"not found: {arg}", hint="give a result JSON, a log file or a run directory")
-    parsed = parse_log(logs)
-    return summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
-                     hang_factor=hang_factor, hang_min_s=hang_min_s), run_dir
-
-
 def cmd_parse(args: argparse.Namespace) -> int:
-    from .logparse import parse_log
-    from .result import summarize, write_result
-    from .summary_text import format_summary
+    from benchlib.metrics.logparse import parse_log
+    from benchlib.metrics.result import summarize, write_result
+    from benchlib.metrics.summary_text import format_summary
 
     ok = {s.strip() for s in args.ok.split(",") if s.strip()}
     bad = ok - set(STATUSES)
@@ -117,8 +68,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     if len(paths) == 1 and paths[0].is_dir():
         run_dir = paths[0]
         logs = run_logs(run_dir)
-        if config is None and (run_dir / "resolved.json").is_file():
-            config = load_config(run_dir / "resolved.json")
+        config = config if config is not None else run_dir_config(run_dir)
     else:
         for p in paths:
             if p.is_dir():
@@ -127,7 +77,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     parsed = parse_log(logs)
     result = summarize(parsed, args.gpu, world_size=args.world_size, config=config, skip=args.skip,
                        hang_factor=args.hang_factor, hang_min_s=args.hang_min_s)
-    out = args.out or (run_dir / "result.json" if run_dir else None)
+    out = args.out or (run_dir / RESULT_FILE if run_dir else None)
     if out is not None:
         write_result(result, out)
     if args.json:
@@ -141,7 +91,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_results
+    from benchlib.metrics.compare import compare_results
 
     results = [result_for(r, gpu=args.gpu)[0] for r in args.runs]
     text, csv_path, png_path = compare_results(results, args.runs, args.out, plot=not args.no_plot)
@@ -153,7 +103,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .wandb_push import push_result
+    from benchlib.metrics.wandb_push import push_result
 
     for r in args.runs:
         result, run_dir = result_for(r, gpu=args.gpu)

@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..rundir import atomic_write
-from .result import RunResult
+from benchlib.core.rundir import atomic_write
+from benchlib.metrics.result import RunResult
 
 # (label, getter) for the metrics rows; deltas are computed for numbers.
 METRICS: tuple[tuple[str, Any], ...] = (

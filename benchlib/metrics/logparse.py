@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import BenchError
-from ..flags import parse_arg_value
+from benchlib.core.errors import BenchError
+from benchlib.config.flags import parse_arg_value
 
 CHUNK_BYTES = 64 * 1024 * 1024  # window over the mapped file; bounds the candidate-line table
 TAIL_BYTES = 256 * 1024  # how much of the end is scanned for the latest timestamp

@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import BenchError
-from . import flops as flops_mod
-from .logparse import ParsedLog
-from .peaks import PeakSpec, normalize_gpu, peak_tflops
-from .runconfig import layout_of, precision_of, split_config
-from .status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, RunStatus, determine_status
-from .steady import TimeStats, select_window, time_stats
+from benchlib import __version__
+from benchlib.core.errors import BenchError
+from benchlib.metrics import flops as flops_mod
+from benchlib.metrics.logparse import ParsedLog
+from benchlib.metrics.peaks import PeakSpec, normalize_gpu, peak_tflops
+from benchlib.metrics.runconfig import layout_of, precision_of, split_config
+from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, RunStatus, determine_status
+from benchlib.metrics.steady import TimeStats, select_window, time_stats
 
 SCHEMA_VERSION = 1
 ENERGY_KEY = "energy per GPU (J/iter/GPU)"
@@ -253,7 +253,7 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
 
 def write_result(result: RunResult, path: Path | str) -> Path:
     """Write the result JSON atomically (readers never see half a file)."""
-    from ..rundir import atomic_write_json
+    from benchlib.core.rundir import atomic_write_json
 
     path = Path(path)
     atomic_write_json(path, result.to_json())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..flags import megatron_arg_dict, tokens_to_dict
+from benchlib.config.flags import megatron_arg_dict, tokens_to_dict
 
 LAYOUT_KEYS = {
     "tp": "tensor_model_parallel_size",

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
-from .logparse import Event, ParsedLog
+from benchlib.metrics.logparse import Event, ParsedLog
 
 # Exit codes of `benchlib parse` per status (2 is a usage/input error, 1 an unexpected crash).
 EXIT_CODES: dict[str, int] = {

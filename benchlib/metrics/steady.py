@@ -16,7 +16,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .logparse import IterationRecord
+from benchlib.metrics.logparse import IterationRecord
 
 DEFAULT_MIN_SKIP = 3
 DEFAULT_SKIP_FRACTION = 0.10

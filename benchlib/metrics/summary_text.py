@@ -1,7 +1,7 @@
 """The short human table `benchlib parse` prints."""
 from __future__ import annotations
 
-from .result import RunResult
+from benchlib.metrics.result import RunResult
 
 
 def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import BenchError
-from ..secrets import redact
-from .result import RunResult
+from benchlib.core.errors import BenchError
+from benchlib.core.secrets import redact
+from benchlib.metrics.result import RunResult
 
 DEFAULT_PROJECT = "megatron-moe-bench"
 

@@ -1,6 +1,6 @@
 """A model's shape and parameter counts, read from Megatron argument names.
 
-Input is a mapping of Megatron's argument names: `benchlib.flags.megatron_arg_dict(run.flags)`,
+Input is a mapping of Megatron's argument names: `benchlib.config.flags.megatron_arg_dict(run.flags)`,
 the `---- arguments ----` dump of a log, or a GPU result record's `megatron_args`. Values may be
 typed or strings (a log dump says "None", "True", "4096"). Absent arguments take Megatron-Core
 0.19's defaults (the ones that matter for memory are filled in `ModelShape.from_args`).
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..errors import BenchError
-from ..metrics.flops import default_ffn_hidden_size, layer_pattern, pad_vocab
+from benchlib.core.errors import BenchError
+from benchlib.metrics.flops import default_ffn_hidden_size, layer_pattern, pad_vocab
 
 Args = Mapping[str, Any]
 

@@ -1,4 +1,4 @@
-"""`benchlib estimate`, `benchlib plan`, `benchlib sweep` (docs/planning.md)."""
+"""`benchlib estimate`, `benchlib plan` (docs/planning.md)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import BenchError
+from benchlib.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,26 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the ranked layouts as JSON")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("sweep", help="submit several layouts as one Slurm job array (top K of a plan, or a YAML grid)",
-                       description="benchlib sweep MODEL --from-plan --top K [KEY=VALUE ...] | --grid FILE.yaml [KEY=VALUE ...] "
-                       "| --results SWEEP_DIR. Options may come before or after MODEL; KEY=VALUE knobs apply to every task.")
-    _sweep_options(p)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="[MODEL] KEY=VALUE knobs shared by every task, then extra Megatron args")
-    p.set_defaults(func=_sweep)
-
-
-def _sweep_options(p: argparse.ArgumentParser, *, inner: bool = False) -> None:
-    d = argparse.SUPPRESS if inner else None
-    p.add_argument("--from-plan", action="store_true", default=d, help="take the top K layouts of `benchlib plan`")
-    p.add_argument("--grid", type=Path, default=d, help="YAML file: base knobs + a list of layouts (docs/planning.md)")
-    p.add_argument("--results", type=Path, metavar="SWEEP_DIR", default=d,
-                   help="rank a finished sweep's layouts by measured tokens/s/GPU (benchlib compare's table, best first)")
-    p.add_argument("--top", type=int, default=d if inner else 3)
-    p.add_argument("--nodes", type=int, default=d, help="with --from-plan: nodes per layout (default: the model's NNODES)")
-    p.add_argument("--gpu", default=d, help="with --from-plan: GPU type (default: the cluster's)")
-    p.add_argument("--concurrency", type=int, default=d if inner else 2, help="at most this many array tasks run at once (%%M)")
-    p.add_argument("--dry-run", action="store_true", default=d, help="write the array's directory and script, do not submit")
-
 
 def _rest(rest: list[str]) -> list[str]:
     rest = list(rest)
@@ -66,7 +46,7 @@ def _rest(rest: list[str]) -> list[str]:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from .memory import estimate_from_args, estimate_memory
+    from benchlib.planning.memory import estimate_from_args, estimate_memory
 
     # Options written after MODEL land in `rest` (argparse's REMAINDER): take ours back out.
     inner = argparse.ArgumentParser(add_help=False, allow_abbrev=False, prog="benchlib estimate")
@@ -80,8 +60,8 @@ def _estimate(args: argparse.Namespace) -> int:
 
     measured = None
     if args.log:
-        from ..metrics.logparse import parse_log
-        from .memory import log_args
+        from benchlib.metrics.logparse import parse_log
+        from benchlib.planning.memory import log_args
 
         parsed = parse_log(args.log)
         margs, backend = log_args(parsed.config)
@@ -93,17 +73,17 @@ def _estimate(args: argparse.Namespace) -> int:
             record = json.loads(args.record.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise BenchError(f"cannot read record {args.record}: {err}", hint="pass a result JSON with megatron_args") from None
-        from .memory import args_from_record
+        from benchlib.planning.memory import args_from_record
 
         margs, backend = args_from_record(record)
         est = estimate_from_args(margs, backend=backend, gpu_type=args.gpu or record.get("gpu_type"))
     else:
-        from ..resolve import resolve_run
+        from benchlib.config.resolve import resolve_run
 
         run = resolve_run(_rest(args.rest), os.environ)
         est = estimate_memory(run)
         if args.gpu:
-            from .gpus import gpu_spec
+            from benchlib.planning.gpus import gpu_spec
 
             est.gpu_type, est.capacity = args.gpu, gpu_spec(args.gpu).memory_bytes
     if args.json:
@@ -120,7 +100,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from .planner import plan, print_plan
+    from benchlib.planning.planner import plan, print_plan
 
     result = plan(args.model, nodes=args.nodes, gpu=args.gpu, seq_len=args.seq_len, gbs=args.gbs,
                   num_layers=args.num_layers, gpus_per_node=args.gpus_per_node, backend=args.backend)
@@ -128,39 +108,4 @@ def _plan(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(args.top), indent=2))
     else:
         print_plan(result, args.top, sys.stdout)
-    return 0
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep_from_grid, sweep_from_plan
-
-    rest = list(args.rest)
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
-    # Options written after MODEL land in `rest` (argparse's REMAINDER): read them from there.
-    inner = argparse.ArgumentParser(add_help=False, prog="benchlib sweep")
-    _sweep_options(inner, inner=True)
-    found, rest = inner.parse_known_args(rest)
-    for key, value in vars(found).items():
-        setattr(args, key, value)
-    model = None
-    if rest and "=" not in rest[0] and not rest[0].startswith("-"):
-        model, rest = rest[0], rest[1:]
-    modes = [m for m in ("from_plan", "grid", "results") if getattr(args, m)]
-    if len(modes) != 1:
-        raise BenchError("benchlib sweep needs exactly one of --from-plan, --grid FILE, --results SWEEP_DIR",
-                         hint="benchlib sweep DeepSeek-V3 --from-plan --top 3 CLUSTER=mycluster")
-    if args.results:
-        from .sweep import rank_results
-
-        print(rank_results(args.results))
-        return 0
-    if args.grid:
-        out = sweep_from_grid(args.grid, rest, os.environ, concurrency=args.concurrency, submit=not args.dry_run)
-    else:
-        if not model:
-            raise BenchError("--from-plan needs a MODEL", hint="benchlib sweep DeepSeek-V3 --from-plan --top 3 --nodes 128 --gpu H100")
-        out = sweep_from_plan(model, rest, os.environ, top=args.top, nodes=args.nodes, gpu=args.gpu,
-                              concurrency=args.concurrency, submit=not args.dry_run)
-    print(out.summary())
     return 0

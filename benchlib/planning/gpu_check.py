@@ -4,7 +4,7 @@
         "pp2_ep2:Qwen3-30B-A3B-Proxy:4:NUM_LAYERS=8,PP=2,EP=2,MBS=2,GBS=32"
 
 Each spec is NAME:MODEL:GPUS:KNOBS (native backend, mock data). Training goes through
-`bench/gpu_runs.py`'s launcher (the same torchrun + benchlib.driver path as the project's GPU
+`bench/gpu_runs.py`'s launcher (the same torchrun + benchlib.megatron.driver path as the project's GPU
 records); the record (`max_allocated_mb` per rank, `megatron_args`, ...) gets this module's
 estimate beside it and is written to OUT/records.json.
 """
@@ -29,7 +29,7 @@ def _gpu_runs():  # type: ignore[no-untyped-def]
 
 
 def main() -> int:
-    from .memory import args_from_record, estimate_from_args
+    from benchlib.planning.memory import args_from_record, estimate_from_args
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True, type=Path)

@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from ..errors import BenchError
-from ..layout import Layout
-from .arch import Args, ModelShape, as_bool, as_float, as_int, as_list, get
-from .gpus import GIB, MIB, gpu_spec
-from .pipeline import RankStage, in_flight, rank_stages
+from benchlib.core.errors import BenchError
+from benchlib.config.layout import Layout
+from benchlib.planning.arch import Args, ModelShape, as_bool, as_float, as_int, as_list, get
+from benchlib.planning.gpus import GIB, MIB, gpu_spec
+from benchlib.planning.pipeline import RankStage, in_flight, rank_stages
 
 # cuBLAS workspaces (torch gives each handle/stream 32 MiB through the caching allocator on
 # Hopper), RNG states, loss and grad-norm scratch: a fixed amount, not tuned to any record.
@@ -165,8 +165,8 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
 
     `megatron_args` may be the argument dump (a mapping) or the command line (a list of
     tokens); the world size comes from the record when the arguments do not carry it, the
-    backend from `backend` or the driver's BENCH_SPEC environment variable."""
-    from ..flags import megatron_arg_dict, tokens_to_dict
+    backend from `backend` (a name, or a resolved run's backend object)."""
+    from benchlib.config.flags import megatron_arg_dict, tokens_to_dict
 
     raw = record.get("megatron_args")
     if isinstance(raw, list):
@@ -182,14 +182,14 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
     if "world_size" not in args and "data_parallel_size" not in args:
         raise BenchError("record does not say how many GPUs the run used",
                          hint="records carry gpus / gpu_count / world_size, or megatron_args with world_size")
-    backend = record.get("backend") or (record.get("env") or {}).get("BENCH_SPEC")
+    backend = record.get("backend")
     if isinstance(backend, Mapping):  # a resolved run's BackendChoice as JSON
         backend = backend.get("name")
     if backend not in ("te", "native", "local"):
         backend = None
-    if backend == "native" and "native_fast_ops" not in args:
-        # records say `fast_ops`; native records made before the fast ops existed do not
-        args["native_fast_ops"] = bool(record.get("fast_ops", False))
+    if backend == "native" and "FAST_OPS" not in args:
+        # historical records say `fast_ops`; native records made before the fast ops existed say nothing
+        args["FAST_OPS"] = bool(record.get("FAST_OPS", record.get("fast_ops", False)))
     return args, backend
 
 
@@ -401,9 +401,9 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
                          hint="give the run's world size (world_size) with its layout")
     m = ModelShape.from_args(args, tp=lay.tp)
     attn = attention_backend(args, backend)
-    # the native spec's fast ops (benchlib/spec/fast_ops.py) replace the fp32 cross-entropy for
-    # TP=1; `native_fast_ops: false` describes a run with BENCH_NATIVE_FAST_OPS=0 (or made before them)
-    fused_loss = attn == "sdpa" and lay.tp == 1 and as_bool(args, "native_fast_ops", True)
+    # the native spec's fast ops (benchlib/megatron/spec/fast_ops.py) replace the fp32 cross-entropy
+    # for TP=1; `FAST_OPS: false` describes a run with the knob FAST_OPS=0 (or made before them)
+    fused_loss = attn == "sdpa" and lay.tp == 1 and as_bool(args, "FAST_OPS", True)
     granularity = str(get(args, "recompute_granularity", "") or "")
     modules = frozenset(as_list(args, "recompute_modules") or DEFAULT_SELECTIVE) if granularity == "selective" else frozenset()
     sp = as_bool(args, "sequence_parallel")
@@ -530,7 +530,7 @@ def _first_of_kind(m: ModelShape, moe: bool) -> int:
 
 
 def _flops(args: Args, lay: Layout) -> float | None:
-    from ..metrics.flops import num_floating_point_operations
+    from benchlib.metrics.flops import num_floating_point_operations
 
     cfg = dict(args)
     cfg.setdefault("seq_length", lay.seq_len)
@@ -552,7 +552,7 @@ def run_layout(run: Any) -> Layout:
 
 
 def run_args(run: Any) -> dict[str, Any]:
-    from ..flags import megatron_arg_dict
+    from benchlib.config.flags import megatron_arg_dict
 
     args = megatron_arg_dict(run.flags)
     k = run.knobs
@@ -566,7 +566,7 @@ def run_args(run: Any) -> dict[str, Any]:
     args.setdefault("global_batch_size", k.GBS)
     args.setdefault("seq_length", k.SEQ_LEN)
     args.setdefault("world_size", run.world_size)
-    args.setdefault("native_fast_ops", getattr(k, "FAST_OPS", True))
+    args.setdefault("FAST_OPS", k.FAST_OPS)
     return args
 
 

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..errors import BenchError
-from ..layout import Layout, stage_layer_counts
-from .arch import ModelShape, get
+from benchlib.core.errors import BenchError
+from benchlib.config.layout import Layout, stage_layer_counts
+from benchlib.planning.arch import ModelShape, get
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Candidates: TP, CP, PP (with uneven first/last stages where the layer count needs them), VPP,
 EP, ETP, MBS and recompute (none / selective / full). Each is checked by the suite's own layout
-checks (`benchlib.layout.check_layout`, the ones a launch runs) and by the memory estimate; the
+checks (`benchlib.config.layout.check_layout`, the ones a launch runs) and by the memory estimate; the
 survivors are ranked by the estimated iteration time of the cost model below (docs/planning.md
 derives every constant).
 
@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ..errors import BenchError
-from ..layout import Layout, check_layout
-from .arch import ModelShape
-from .gpus import GIB, GpuSpec, gpu_spec
-from .memory import estimate_from_args, run_args
-from .pipeline import rank_stages
+from benchlib.core.errors import BenchError
+from benchlib.config.layout import Layout, check_layout
+from benchlib.planning.arch import ModelShape
+from benchlib.planning.gpus import GIB, GpuSpec, gpu_spec
+from benchlib.planning.memory import estimate_from_args, run_args
+from benchlib.planning.pipeline import rank_stages
 
 # Efficiencies (fraction of the GPU's dense peak), from kernels measured on H200 in this
 # project (../shared/notes/megatron-on-the-gpu-machine.md): a large bf16 GEMM ran at ~790 of
@@ -111,7 +111,7 @@ class PlanResult:
 
 def _layer_macs(args: dict[str, Any], shape: ModelShape, seq: int) -> tuple[float, float, float, float]:
     """Forward MACs per token: (attention linear, attention core, dense MLP, MoE) per layer of each kind."""
-    from ..metrics.flops import breakdown
+    from benchlib.metrics.flops import breakdown
 
     b = breakdown(args)
     n_total = shape.num_layers + shape.mtp_layers
@@ -283,7 +283,7 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
          num_layers: int | None = None, gpus_per_node: int | None = None, backend: str = "te") -> PlanResult:
     """`backend`: the layer implementation the memory estimate assumes: te (a cluster with
     Transformer Engine, the default), native (benchlib's torch spec) or local (Megatron's)."""
-    from ..resolve import resolve_run
+    from benchlib.config.resolve import resolve_run
 
     start = time.monotonic()
     spec = gpu_spec(gpu)
@@ -310,10 +310,10 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
     tps = [t for t in (1, 2, 4, 8) if t <= gpn and shape.heads % t == 0 and shape.query_groups % t == 0]
     cps = [c for c in (1, 2, 4, 8) if seq % (2 * c) == 0 and (c == 1 or seq >= 8192)]
     if backend != "te":
-        # What the launch refuses without Transformer Engine (benchlib.backend.refuse_unsupported),
+        # What the launch refuses without Transformer Engine (benchlib.config.backend.refuse_unsupported),
         # checked on the shipped knobs; and what the torch-native spec cannot build: TP>1 (sequence
         # parallelism with torch norms), CP>1, ETP>1.
-        from ..backend import BackendChoice, refuse_unsupported
+        from benchlib.config.backend import BackendChoice, refuse_unsupported
 
         refuse_unsupported(BackendChoice(backend, f"plan --backend {backend}", [], {}), k0,
                            default_run.model.model_args, set())
@@ -335,7 +335,7 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
         secs, parts = _cost(args, shape, lay, spec, gpn, precision, knobs["RECOMPUTE"], knobs.get("RECOMPUTE_MODULES", ""))
         key = (lay.gbs, lay.seq_len)
         if key not in flops_cache:
-            from ..metrics.flops import num_floating_point_operations
+            from benchlib.metrics.flops import num_floating_point_operations
 
             flops_cache[key] = num_floating_point_operations(args, lay.gbs)
         return Candidate(knobs=knobs, memory_gib=est.total / GIB, iteration_s=secs, parts=parts,

@@ -25,7 +25,7 @@ set +e
 "${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=16 --nproc-per-node=8 \
   --master-addr="$MASTER_ADDR" --master-port=29500 \
-  -m benchlib.driver \
+  -m benchlib.megatron.driver \
     --tensor-model-parallel-size 2 \
     --pipeline-model-parallel-size 4 \
     --expert-model-parallel-size 8 \

@@ -10,8 +10,8 @@ mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
 
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export BENCH_SPEC=native
 export CUDA_DEVICE_MAX_CONNECTIONS=1
+export FAST_OPS=1
 export NCCL_NVLS_ENABLE=0
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -26,7 +26,7 @@ set +e
 "${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=8 --nproc-per-node=8 \
   --master-addr="$MASTER_ADDR" --master-port=29500 \
-  -m benchlib.driver \
+  -m benchlib.megatron.driver \
     --tensor-model-parallel-size 1 \
     --pipeline-model-parallel-size 4 \
     --expert-model-parallel-size 8 \
@@ -79,6 +79,7 @@ set +e
     --no-gradient-accumulation-fusion \
     --no-masked-softmax-fusion \
     --no-rope-fusion \
+    --spec benchlib.megatron.spec native_spec \
     --bf16 \
     --moe-token-dispatcher-type alltoall \
     --moe-grouped-gemm \

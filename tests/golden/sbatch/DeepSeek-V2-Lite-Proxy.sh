@@ -78,7 +78,7 @@ note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s
 (
   srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
     bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
-    python3 -m benchlib.driver \
+    python3 -m benchlib.megatron.driver \
       --tensor-model-parallel-size 1 \
       --pipeline-model-parallel-size 1 \
       --expert-model-parallel-size 1 \

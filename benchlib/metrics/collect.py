@@ -1,0 +1,80 @@
+"""From a run directory (or a log, or a result JSON) to its RunResult: the one way, used by
+`benchlib collect` (the job's last step), `benchlib parse`, `compare`, `push` and sweeps."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchlib.core.errors import BenchError
+from benchlib.core.rundir import LOGS_DIR, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
+from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S
+
+
+def run_logs(path: Path) -> list[Path]:
+    """The log files of a run directory (logs/train.log, else every *.log / *.out in logs/)."""
+    logs_dir = path / LOGS_DIR if (path / LOGS_DIR).is_dir() else path
+    main = logs_dir / TRAIN_LOG
+    if main.is_file():
+        return [main]
+    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err"))
+    if not found:
+        raise BenchError(f"no log files in {logs_dir}", hint="was the run started? a run directory keeps its logs in logs/")
+    return found
+
+
+def load_config(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"cannot read config {path}: {err}", hint="give a resolved.json or a JSON object of Megatron arguments") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"config {path} is not a JSON object", hint="give a resolved.json or a JSON object of Megatron arguments")
+    return data
+
+
+def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = None, config: dict | None = None,
+               skip: int | None = None, hang_factor: float = DEFAULT_HANG_FACTOR, hang_min_s: float = DEFAULT_HANG_MIN_S):
+    """A RunResult from a result JSON, a log file or a run directory. Returns (result, run_dir or None)."""
+    from benchlib.metrics.logparse import parse_log
+    from benchlib.metrics.result import load_result, summarize
+
+    path = Path(arg)
+    if path.is_file() and path.suffix == ".json":
+        return load_result(path), None
+    run_dir = None
+    if path.is_dir():
+        run_dir = path
+        logs = run_logs(path)
+        config = config if config is not None else run_dir_config(path)
+    elif path.is_file():
+        logs = [path]
+    else:
+        raise BenchError(f"not found: {arg}", hint="give a result JSON, a log file or a run directory")
+    parsed = parse_log(logs)
+    return summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
+                     hang_factor=hang_factor, hang_min_s=hang_min_s), run_dir
+
+
+def run_dir_config(run_dir: Path) -> dict | None:
+    """The run's resolved.json, when it has one."""
+    path = Path(run_dir) / RESOLVED_FILE
+    return load_config(path) if path.is_file() else None
+
+
+def collect_run_dir(run_dir: Path) -> int:
+    """Parse a finished run directory into its result.json and print the summary."""
+    from benchlib.metrics.result import write_result
+    from benchlib.metrics.summary_text import format_summary
+
+    run_dir = Path(run_dir)
+    log = run_dir / LOGS_DIR / TRAIN_LOG
+    if not log.is_file():
+        raise BenchError(f"no training log at {log}", hint="was the run started? see the Slurm output in logs/")
+    config = run_dir_config(run_dir) or {}
+    gpu_type = (config.get("cluster_config") or {}).get("GPU_TYPE")
+    result, _ = result_for(str(run_dir), gpu=gpu_type, world_size=config.get("world_size"))
+    write_result(result, run_dir / RESULT_FILE)
+    print(format_summary(result))
+    return result.exit_code
