@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (once) the test environment in .venv: Python 3.12, the suite with every extra
-# (torch, megatron-core, transformers, wandb, ...). Re-running is cheap when it is up to date.
+# (torch, megatron-core, transformers, wandb, ...) at the versions tests/constraints.txt pins.
+# Re-running is cheap when it is up to date.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,7 +21,7 @@ find_python312() {
 }
 
 stamp=.venv/.bench-installed
-want="$(sha256sum pyproject.toml | cut -c1-16)"
+want="$(cat pyproject.toml tests/constraints.txt | sha256sum | cut -c1-16)"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -36,5 +37,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "[setup] installing the suite with its test extras (first time: a few minutes, torch is large)"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# pinned: tests/constraints.txt is the test environment's lock (torch, triton, transformers, wandb, ...)
+.venv/bin/python -m pip install -q -c tests/constraints.txt -e ".[test]"
 echo "$want" > "$stamp"
