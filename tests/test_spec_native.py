@@ -11,7 +11,7 @@ Faked: the GPU. Megatron-Core's model pieces run on CPU here with a one-process 
 `use_cpu_initialization`; where Megatron 0.19.2 hard-codes `torch.cuda.current_device()` while
 building a module (MLA's rotary embedding), that call is answered with "cpu". The real bf16 CUDA
 paths (torch grouped_mm and SDPA kernels) are checked on an H200 by bench/gpu_spec_check.py
-(record in bench/results/h200_spec_check.json), and whole-model training by bench/gpu_runs.py.
+(record in bench/results/h200_spec_check.json), and whole-model training by the scenarios of `python -m bench`.
 """
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
         args = dict(raw)
     else:
         raise BenchError("record has no megatron_args (mapping or token list)",
-                         hint="records written by bench/gpu_runs.py or `benchlib collect` carry them")
+                         hint="records written by `python -m bench run` carry them")
     for key in ("world_size", "gpus", "gpu_count", "num_gpus"):
         if record.get(key) and "world_size" not in args:
             args["world_size"] = int(record[key])

@@ -1,0 +1,1 @@
+"""Benchmark scenarios run through the suite (python -m bench), and their records (bench/results/)."""

@@ -1,0 +1,299 @@
+"""Run a scenario through the suite's own entry point and turn what it left into a record.
+
+Training: `bash interactive_benchmarking.sh KEY=VALUE ... [extra Megatron args]` with MODEL and
+GPUS_PER_NODE in its environment; the launch names its run directory, whose result.json (written
+by `benchlib collect`, the run's last step), resolved.json and manifest.json make the record.
+Nothing here parses a log or computes a figure: every figure is the suite's own.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from benchlib.core.errors import BenchError
+from benchlib.core.rundir import MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, atomic_write_json
+
+from bench.calibration import calibrate
+from bench.scenarios import OUT_DIR, PYTHON, Scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+ENTRY_SCRIPT = "interactive_benchmarking.sh"
+RUN_DIR_LINE = re.compile(r"\[benchlib\] run directory (\S.*)$")
+# NVLink multicast off: shared GPU hosts ask for it, and it changes no figure (set unless given).
+SHARED_HOST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+TAIL_LINES = 40
+
+
+@dataclass
+class Launched:
+    """One launch of the entry script: its command as a user would type it, exit status, run directory."""
+
+    command: str
+    returncode: int
+    run_dir: Path | None
+    tail: list[str] = field(default_factory=list)
+    timed_out: bool = False
+
+
+def training_knobs(scenario: Scenario, overrides: Mapping[str, str], *, baseline: bool) -> dict[str, str]:
+    knobs = dict(scenario.knobs)
+    if baseline:
+        knobs.update(scenario.baseline_knobs)
+        knobs["BACKEND"] = str(scenario.baseline)
+    knobs.update(overrides)
+    return knobs
+
+
+def launch_entry(model: str, gpus: int, knobs: Mapping[str, str], extra_args: list[str],
+                 environ: Mapping[str, str], timeout_s: int) -> Launched:
+    """Run interactive_benchmarking.sh, echoing its output; the run directory from its own line."""
+    head = {"MODEL": model, "GPUS_PER_NODE": str(gpus)}
+    words = ["bash", ENTRY_SCRIPT, *[f"{k}={v}" for k, v in knobs.items()], *extra_args]
+    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in head.items()), *map(shlex.quote, words)])
+    env = {**SHARED_HOST_ENV, **environ, **head}
+    print(f"[bench] {command}", flush=True)
+    proc = subprocess.Popen(words, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+
+    def stop() -> None:  # the whole process group: torchrun and its ranks
+        timed_out.set()
+        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait_s or None)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    timer = threading.Timer(timeout_s, stop)
+    timer.start()
+    run_dir = None
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            tail.append(line.rstrip("\n"))
+            found = RUN_DIR_LINE.search(line.rstrip("\n"))
+            if found and run_dir is None:
+                run_dir = Path(found.group(1).strip())
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+    if run_dir is not None and not run_dir.is_absolute():
+        run_dir = ROOT / run_dir
+    return Launched(command, returncode, run_dir, list(tail), timed_out.is_set())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchError(f"cannot read {path}: {err}", hint="the run directory is incomplete; see its logs/") from None
+
+
+def finished_run(launched: Launched, timeout_s: int) -> dict[str, dict[str, Any]]:
+    """result/resolved/manifest of a launch that completed; a clear error for one that did not."""
+    tail = "\n".join(launched.tail[-15:])
+    if launched.run_dir is None:
+        raise BenchError(f"the launch stopped before creating a run directory (exit {launched.returncode}):\n{tail}",
+                         hint="run the printed command by hand to see the whole error")
+    if launched.timed_out:
+        raise BenchError(f"stopped after {timeout_s} s: {launched.run_dir}",
+                         hint="give more time with --timeout, or fewer TRAIN_ITERS")
+    result_path = launched.run_dir / RESULT_FILE
+    if not result_path.is_file():
+        raise BenchError(f"no {RESULT_FILE} in {launched.run_dir} (exit {launched.returncode}):\n{tail}",
+                         hint="the run's last step `benchlib collect RUN_DIR` writes it; run it by hand to see why")
+    result = _read_json(result_path)
+    if launched.returncode != 0 or result.get("status") != "completed":
+        raise BenchError(f"the run did not complete: status {result.get('status')}, exit {launched.returncode}: "
+                         f"{result.get('status_detail')}\n  run directory: {launched.run_dir}",
+                         hint="no record is written for a run that did not complete; see logs/ in the run directory")
+    return {"result": result, "resolved": _read_json(launched.run_dir / RESOLVED_FILE),
+            "manifest": _read_json(launched.run_dir / MANIFEST_FILE)}
+
+
+def figures(run: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The record's figures, each from the run's result.json (benchlib.metrics)."""
+    res = run["result"]
+    per_rank = (res.get("peak_memory_mb") or {}).get("per_rank") or {}
+    return {
+        "steady_iteration_time_s": (res.get("iteration_time_ms") or {}).get("median", 0) / 1000.0 or None,
+        "tokens_per_s_per_gpu": res.get("tokens_per_s_per_gpu"),
+        "tflops_per_gpu_megatron": res.get("tflops_per_gpu_reported"),
+        "tflops_per_gpu_benchlib": res.get("tflops_per_gpu_recomputed"),
+        "mfu": res.get("mfu"),
+        "peak": res.get("peak"),
+        "steady_window": (res.get("steady_window") or {}).get("description"),
+        "status": res.get("status"),
+        "max_allocated_mb": {rank: m.get("max_allocated") for rank, m in per_rank.items()},
+        "theoretical_memory_mb": res.get("theoretical_memory_mb"),
+        "losses": [p.get("lm_loss") for p in res.get("series") or []],
+        "figures_from": "benchlib.metrics, the run directory's result.json",
+    }
+
+
+def run_facts(run: dict[str, dict[str, Any]], command: str) -> dict[str, Any]:
+    resolved = run["resolved"]
+    backend = (resolved.get("backend") or {}).get("name")
+    knobs = resolved.get("knobs") or {}
+    return {
+        "command": command,
+        "backend": backend,
+        "fast_ops": backend == "native" and bool(knobs.get("FAST_OPS")),
+        "knobs": knobs,
+        "env": resolved.get("env"),
+        "megatron_args": resolved.get("megatron_args"),
+        "run_dir": resolved.get("run_dir"),
+        **figures(run),
+    }
+
+
+def memory_estimate(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The planner's estimate of the most loaded rank beside the measured peak."""
+    from benchlib.planning.memory import args_from_record, estimate_from_args
+
+    measured = [v for v in (record.get("max_allocated_mb") or {}).values() if v]
+    try:
+        args, backend = args_from_record(record)
+        est_mb = estimate_from_args(args, backend=backend).peak_allocated / 2**20
+    except BenchError as err:
+        return {"error": err.message}
+    out: dict[str, Any] = {"estimated_mb": round(est_mb, 1)}
+    if measured:
+        out["measured_mb"] = max(measured)
+        out["error"] = round(est_mb / max(measured) - 1, 4)
+    return out
+
+
+def loss_curve(native: list[float | None], baseline: list[float | None]) -> dict[str, Any] | None:
+    pairs = [(a, b) for a, b in zip(native, baseline) if a is not None and b is not None and b != 0]
+    if not pairs:
+        return None
+    rel = [abs(a - b) / abs(b) for a, b in pairs]
+    return {"iterations": len(pairs), "max_rel_diff_first_10": max(rel[:10]), "max_rel_diff_all": max(rel),
+            "mean_rel_diff": sum(rel) / len(rel)}
+
+
+def versions(manifest: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
+    """Versions the run used: the manifest's, plus triton and the GPU driver."""
+    from importlib import metadata
+
+    from benchlib.launch.rundir import known_versions
+
+    out = dict(manifest.get("versions_at_submit") or known_versions())
+    try:
+        out["triton"] = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        pass
+    out["gpu_driver"] = _nvidia_smi("driver_version")
+    if calibration.get("device"):
+        out["gpu_device"] = calibration["device"]
+    return out
+
+
+def _nvidia_smi(field_name: str) -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.split("\n")[0].strip() or None
+
+
+def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: list[str], *,
+                 environ: Mapping[str, str], timeout_s: int, name: str | None = None,
+                 results_dir: Path = RESULTS_DIR) -> Path:
+    """Run a training scenario (and its same-call baseline) and write its record; returns the path."""
+    main = launch_entry(scenario.model, scenario.gpus, training_knobs(scenario, overrides, baseline=False),
+                        [*scenario.extra_args, *extra_args], environ, timeout_s)
+    run = finished_run(main, timeout_s)
+    gpu_type = run["resolved"]["cluster_config"].get("GPU_TYPE") or "gpu"
+    calibration = calibrate(gpu_type)
+    record: dict[str, Any] = {
+        "name": name or scenario.record_name(gpu_type),
+        "scenario": scenario.name,
+        "scenario_doc": scenario.doc,
+        "reproduce": f"python -m bench run {scenario.name}" + "".join(f" {k}={v}" for k, v in overrides.items()),
+        "date": run["manifest"].get("created"),
+        "model": scenario.model,
+        "gpu_type": gpu_type,
+        "gpu_count": run["result"].get("num_gpus"),
+        "versions": versions(run["manifest"], calibration),
+        "calibration": calibration,
+        **run_facts(run, main.command),
+    }
+    record["memory_estimate"] = memory_estimate(record)
+    if scenario.baseline:
+        base_launch = launch_entry(scenario.model, scenario.gpus, training_knobs(scenario, overrides, baseline=True),
+                                   [*scenario.extra_args, *extra_args], environ, timeout_s)
+        base = run_facts(finished_run(base_launch, timeout_s), base_launch.command)
+        record["baseline"] = base
+        if base.get("tflops_per_gpu_megatron") and record.get("tflops_per_gpu_megatron"):
+            record["ratio_vs_baseline"] = record["tflops_per_gpu_megatron"] / base["tflops_per_gpu_megatron"]
+        curve = loss_curve(record["losses"], base["losses"])
+        if curve:
+            record["loss_curve"] = curve
+    path = results_dir / f"{record['name']}.json"
+    atomic_write_json(path, record)
+    return path
+
+
+def run_check(scenario: Scenario, *, environ: Mapping[str, str], timeout_s: int,
+              results_dir: Path = RESULTS_DIR) -> Path:
+    """Run a check script into a temporary folder and write its JSON, wrapped, as the record
+    (`check_passed` holds the check's own verdict)."""
+    from benchlib.config.resolve import detect_local_gpu_type
+
+    gpu_type = detect_local_gpu_type() if scenario.gpus else ""
+    if scenario.gpus and not gpu_type:
+        raise BenchError(f"{scenario.name} is a GPU check and this machine has no recognised NVIDIA GPU",
+                         hint="run it on the GPU machine")
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
+        words = [w.replace(PYTHON, sys.executable).replace(OUT_DIR, tmp) for w in scenario.check_command]
+        print(f"[bench] {shlex.join(words)}", flush=True)
+        started = time.time()
+        try:
+            proc = subprocess.run(words, cwd=ROOT, env={**SHARED_HOST_ENV, **environ}, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{scenario.name} did not finish in {timeout_s} s", hint="give more time with --timeout") from None
+        output = Path(tmp) / scenario.check_output
+        if not output.is_file():  # a check that fails still writes its JSON: that is recorded
+            raise BenchError(f"{scenario.name} wrote no {scenario.check_output} (exit {proc.returncode}); no record written",
+                             hint=f"run {shlex.join(words)} by hand to see why")
+        check = _read_json(output)
+    calibration = calibrate(gpu_type) if scenario.gpus else {"skipped": "a CPU check"}
+    record = {
+        "name": scenario.record_name(gpu_type),
+        "scenario": scenario.name,
+        "scenario_doc": scenario.doc,
+        "reproduce": f"python -m bench run {scenario.name}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "gpu_type": gpu_type or None,
+        "versions": versions({}, calibration),
+        "calibration": calibration,
+        "seconds": round(time.time() - started, 1),
+        "check_passed": proc.returncode == 0,  # the check's own verdict (its exit status)
+        "result": check,
+    }
+    path = results_dir / f"{record['name']}.json"
+    atomic_write_json(path, record)
+    return path
