@@ -5,12 +5,20 @@ or shared GPU gives lower figures for reasons outside the suite. Two short measu
 (about two seconds): a bf16 matmul (8192^3, the peak a training GEMM can reach) and a device-to-
 device copy (HBM bandwidth), each the median of several timed repetitions, as fractions of the
 GPU table's dense bf16 peak and HBM bandwidth (benchlib.core.gpus).
+
+It runs in a process of its own (`python -m bench.calibration GPU_TYPE` prints JSON), so the bench
+process never holds a CUDA context on GPU 0 while the next run (a baseline) measures its memory.
 """
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
 GEMM_N = 8192
 COPY_BYTES = 2 * 1024**3
 REPEATS = 10
@@ -30,7 +38,20 @@ def _timed_ms(torch: Any, fn: Any, repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
-def calibrate(gpu_type: str | None) -> dict[str, Any]:
+def calibrate(gpu_type: str | None, timeout_s: int = 180) -> dict[str, Any]:
+    """The calibration, measured in a child process; {"error": ...} if it could not run."""
+    cmd = [sys.executable, "-m", "bench.calibration", gpu_type or ""]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no answer in {timeout_s} s"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+
+
+def measure(gpu_type: str | None) -> dict[str, Any]:
     """Measured bf16 matmul TFLOP/s and copy GB/s on GPU 0, with their share of the datasheet.
     Returns {"skipped": reason} where there is no CUDA GPU (a CPU machine, the tests)."""
     try:
@@ -64,3 +85,7 @@ def calibrate(gpu_type: str | None) -> dict[str, Any]:
         if spec.hbm_gbps:
             out["copy_of_hbm"] = round(out["copy_gbps"] / spec.hbm_gbps, 3)
     return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)))

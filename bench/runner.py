@@ -112,12 +112,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 def finished_run(launched: Launched, timeout_s: int) -> dict[str, dict[str, Any]]:
     """result/resolved/manifest of a launch that completed; a clear error for one that did not."""
     tail = "\n".join(launched.tail[-15:])
+    if launched.timed_out:
+        raise BenchError(f"stopped after {timeout_s} s: {launched.run_dir or 'no run directory yet'}",
+                         hint="give more time with --timeout, or fewer TRAIN_ITERS")
     if launched.run_dir is None:
         raise BenchError(f"the launch stopped before creating a run directory (exit {launched.returncode}):\n{tail}",
                          hint="run the printed command by hand to see the whole error")
-    if launched.timed_out:
-        raise BenchError(f"stopped after {timeout_s} s: {launched.run_dir}",
-                         hint="give more time with --timeout, or fewer TRAIN_ITERS")
     result_path = launched.run_dir / RESULT_FILE
     if not result_path.is_file():
         raise BenchError(f"no {RESULT_FILE} in {launched.run_dir} (exit {launched.returncode}):\n{tail}",

@@ -159,3 +159,11 @@ def test_cli_lists_scenarios_and_refuses_bad_input_before_any_launch() -> None:
     check = run_cli("run", "spec_check", "--name", "x", "MBS=2")
     assert check.returncode == 2 and "takes no knobs" in check.stderr
     assert "[bench] MODEL=" not in unknown.stdout + unnamed.stdout + bad.stdout + check.stdout
+
+
+def test_a_launch_the_suite_refuses_ends_with_the_suites_reason(tmp_path: Path) -> None:
+    scenario = replaying(SCENARIOS["qwen3-30b-a3b-proxy_fastops_mbs4"], "true")
+    with pytest.raises(BenchError, match="before creating a run directory") as err:
+        run_training(scenario, {"EP": "3"}, [], environ=machine_env(tmp_path), timeout_s=120, results_dir=tmp_path / "results")
+    assert "not divisible by" in str(err.value)  # the layout check's own words, from the launch's output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
