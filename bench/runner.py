@@ -48,12 +48,63 @@ class Launched:
     timed_out: bool = False
 
 
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return children
+
+
+def _process_tree(root: int) -> set[int]:
+    children, found, todo = _children_map(), set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_process_tree(root: int, grace_s: float = 20.0) -> None:
+    """SIGTERM the launch and every process under it, SIGKILL what is left after grace_s.
+    By process tree, not only process group: torchrun starts its ranks in sessions of their own."""
+    pids = _process_tree(root)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        pids |= {p for p in _process_tree(root)}  # children started while stopping
+        if not any(_alive(pid) for pid in pids):
+            return
+        time.sleep(0.2)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def training_knobs(scenario: Scenario, overrides: Mapping[str, str], *, baseline: bool) -> dict[str, str]:
-    knobs = dict(scenario.knobs)
+    """The run's knobs: the scenario's, the user's overrides; for the baseline, its own changes and backend last."""
+    knobs = {**scenario.knobs, **overrides}
     if baseline:
         knobs.update(scenario.baseline_knobs)
         knobs["BACKEND"] = str(scenario.baseline)
-    knobs.update(overrides)
     return knobs
 
 
@@ -69,18 +120,9 @@ def launch_entry(model: str, gpus: int, knobs: Mapping[str, str], extra_args: li
                             text=True, errors="replace", start_new_session=True)
     timed_out = threading.Event()
 
-    def stop() -> None:  # the whole process group: torchrun and its ranks
+    def stop() -> None:
         timed_out.set()
-        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait_s or None)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_tree(proc.pid)
 
     timer = threading.Timer(timeout_s, stop)
     timer.start()
@@ -97,6 +139,7 @@ def launch_entry(model: str, gpus: int, knobs: Mapping[str, str], extra_args: li
         returncode = proc.wait()
     finally:
         timer.cancel()
+        timer.join()  # a stop under way finishes before the outcome is read
     if run_dir is not None and not run_dir.is_absolute():
         run_dir = ROOT / run_dir
     return Launched(command, returncode, run_dir, list(tail), timed_out.is_set())
@@ -135,8 +178,9 @@ def figures(run: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The record's figures, each from the run's result.json (benchlib.metrics)."""
     res = run["result"]
     per_rank = (res.get("peak_memory_mb") or {}).get("per_rank") or {}
+    median_ms = (res.get("iteration_time_ms") or {}).get("median")
     return {
-        "steady_iteration_time_s": (res.get("iteration_time_ms") or {}).get("median", 0) / 1000.0 or None,
+        "steady_iteration_time_s": median_ms / 1000.0 if median_ms else None,
         "tokens_per_s_per_gpu": res.get("tokens_per_s_per_gpu"),
         "tflops_per_gpu_megatron": res.get("tflops_per_gpu_reported"),
         "tflops_per_gpu_benchlib": res.get("tflops_per_gpu_recomputed"),
