@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-# Triton kernels (benchlib/spec/kernels) run on CPUs under Triton's interpreter, which must be
+# Triton kernels (benchlib/megatron/spec/kernels) run on CPUs under Triton's interpreter, which must be
 # chosen before triton is first imported; CPU tensors reach them only where a test asks for it.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -1,4 +1,4 @@
-"""Rewrite the README's knob table from benchlib/knobs.py: .venv/bin/python tests/sync_readme.py"""
+"""Rewrite the README's knob table from benchlib/config/knobs.py: .venv/bin/python tests/sync_readme.py"""
 from __future__ import annotations
 
 import re

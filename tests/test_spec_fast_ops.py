@@ -1,4 +1,4 @@
-"""The native spec's fast stand-ins (benchlib/spec/fast_ops.py) against Megatron's own functions.
+"""The native spec's fast stand-ins (benchlib/megatron/spec/fast_ops.py) against Megatron's own functions.
 
 The Triton kernels run on the CPU under Triton's interpreter (TRITON_INTERPRET=1 is set by
 conftest.py before triton is imported; the `interpreted` fixture sends CPU tensors to the kernels). Megatron's originals run on the CPU as they are. Compared: per-token losses and the

@@ -2,8 +2,8 @@
 
 Where a knob's *default* comes from: `runtime_configs/benchmarking/common.conf`, then the
 model's row in `runtime.conf` (optionally per GPU type), then the environment, then
-`KEY=VALUE` arguments. Where it is *turned into Megatron flags*: `benchlib/flags.py`.
-Where it is *rendered*: `benchlib/templates/*.j2` (through `benchlib/render.py`).
+`KEY=VALUE` arguments. Where it is *turned into Megatron flags*: `benchlib/config/flags.py`.
+Where it is *rendered*: `benchlib/render/templates/*.j2` (through `benchlib/render/scripts.py`).
 """
 from __future__ import annotations
 

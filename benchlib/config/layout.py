@@ -1,6 +1,6 @@
 """Parallel-layout checks that need no torch: each failure says which numbers clash and how to fix it.
 
-Megatron's own validator (benchlib/validate.py) runs after these; these exist so the common
+Megatron's own validator (benchlib/megatron/validate.py) runs after these; these exist so the common
 mistakes are refused in milliseconds, with a message in the suite's terms (knob names).
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ A file has exactly two keys:
   ENV_VARS:   environment variables every rank gets (values are strings or numbers)
   MODEL_ARGS: Megatron flags. `--flag: value` renders `--flag value`; `true` renders a bare
               `--flag`; `false` or `null` leaves it out. `${KNOB}` is replaced by the knob's
-              resolved value (see benchlib/knobs.py), e.g. `--num-layers: ${NUM_LAYERS}`.
+              resolved value (see benchlib/config/knobs.py), e.g. `--num-layers: ${NUM_LAYERS}`.
 """
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def resolve_run(
     if not knobs.WANDB_RUN_NAME:
         knobs = dataclasses.replace(knobs, WANDB_RUN_NAME=_job_name(knobs))
     for name in KNOB_NAMES:
-        provenance.setdefault(name, "default (benchlib/knobs.py)")
+        provenance.setdefault(name, "default (benchlib/config/knobs.py)")
 
     job_name = _job_name(knobs)
     stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
