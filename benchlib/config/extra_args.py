@@ -54,7 +54,7 @@ def _is_option(token: str) -> bool:
 def unknown_flag_error(flag: str, where: str) -> BenchError:
     suggestion = did_you_mean(flag, list(known_flags()))
     return BenchError(
-        f"{where}: {flag} is not a Megatron-Core {megatron_version()} flag{suggestion}; "
+        f"{where} {flag} is not a Megatron-Core {megatron_version()} flag{suggestion}; "
         f"its parser would stop the job with 'unrecognized arguments: {flag}'",
         hint="fix the spelling or remove the flag (Megatron's flags: python -m benchlib.megatron.flag_table, "
         "or pretrain_gpt.py --help)",
@@ -91,6 +91,12 @@ def stray_word_error(word: str, after: str | None) -> BenchError:
 
 
 def _check_value(flag: str, spec: dict[str, Any], value: str) -> None:
+    knob = _knob_in(value) if _KEY_VALUE.match(value) else None
+    if knob and (spec.get("type") or spec.get("choices")):
+        raise BenchError(
+            f"{flag} got {value!r} as its value: that looks like the knob {knob}",
+            hint=f"give {flag} its value, and put {knob}=... before the first --flag (KEY=VALUE knobs come first)",
+        )
     kind = spec.get("type")
     if kind == "int":
         try:
@@ -134,6 +140,8 @@ def check_extra_args(tokens: list[str]) -> None:
         values: list[str] = []
         limit = {0: 0, "?": 1, "*": None, "+": None}.get(nargs, nargs)
         while i < len(tokens) and not _is_option(tokens[i]) and (limit is None or len(values) < limit):
+            if nargs in ("?", "*", "+") and _KEY_VALUE.match(tokens[i]) and _knob_in(tokens[i]):
+                break  # `--moe-aux-loss-coeff 1e-4 EP=2`: a knob written after the flags, not a value
             values.append(tokens[i])
             i += 1
         need = {"+": 1, "*": 0, "?": 0}.get(nargs, nargs)

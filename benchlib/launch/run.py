@@ -1,6 +1,7 @@
 """Launch a resolved run: DRY_RUN printing, the run directory, sbatch submission, interactive execution."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -92,6 +93,8 @@ def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None)
             result = submit(run, run.run_dir, script_path)
         except SbatchRefused as err:
             shutil.rmtree(run.run_dir, ignore_errors=True)  # never queued: leave no run behind
+            with contextlib.suppress(OSError):
+                run.run_dir.parent.rmdir()  # the model's folder, if this run made it and it is empty
             raise BenchError(f"{err.message}; its run directory {run.run_dir} was removed", hint=err.hint) from None
         print(f"submitted job {result.job_id}")
         print(f"run directory {run.run_dir}")
