@@ -56,8 +56,8 @@ def unknown_flag_error(flag: str, where: str) -> BenchError:
     return BenchError(
         f"{where} {flag} is not a Megatron-Core {megatron_version()} flag{suggestion}; "
         f"its parser would stop the job with 'unrecognized arguments: {flag}'",
-        hint="fix the spelling or remove the flag (Megatron's flags: python -m benchlib.megatron.flag_table, "
-        "or pretrain_gpt.py --help)",
+        hint=f"fix the spelling or remove the flag (every flag Megatron knows is in {FLAG_TABLE_PATH.name}, "
+        "benchlib/config/)",
     )
 
 
@@ -74,9 +74,10 @@ def stray_word_error(word: str, after: str | None) -> BenchError:
     m = _KEY_VALUE.match(word)
     if knob:
         value = m.group(2) if m else "..."
+        case_note = "" if (m.group(1) if m else word) == knob else " (knob names are upper case)"
         return BenchError(
             f"{word!r} in the extra Megatron arguments ({position}) is not a Megatron argument: it looks like the knob {knob}",
-            hint=f"write {knob}={value} (knob names are upper case), and put KEY=VALUE knobs before the first --flag",
+            hint=f"write {knob}={value}{case_note}, and put KEY=VALUE knobs before the first --flag",
         )
     if m:
         return BenchError(
