@@ -121,7 +121,7 @@ def test_extra_argument_check_costs_well_under_two_seconds(clean_env):
     env = {**clean_env, "MODEL": MODEL, "CLUSTER": "template"}
     plain = statistics.median(_render_seconds(env) for _ in range(3))
     extra = statistics.median(_render_seconds(env, "--moe-aux-loss-coeff", "1e-4") for _ in range(3))
-    assert extra - plain < 1.0, (plain, extra)  # the issue's bound is 2 s; the check itself is milliseconds
+    assert extra - plain < 1.5, (plain, extra)  # generous under a loaded CI machine; the issue allows 2 s, the check itself takes milliseconds
     t0 = time.monotonic()
     for _ in range(100):
         check_extra_args(["--moe-aux-loss-coeff", "1e-4", "--lr", "3e-4", "--no-load-optim"])
