@@ -201,3 +201,13 @@ def test_model_yaml_with_an_unknown_flag_names_file_and_line(slurm_cluster, tmp_
     assert f"{models / MODEL}.yaml:{line}: model config flag --num-atention-heads is not a Megatron-Core" in message
     assert "did you mean --num-attention-heads" in message and "memory model" not in message
     assert not output_root.exists() and job_ids(slurm_cluster) == before
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("infinite", None), ("UNLIMITED", None), ("30", 1800), ("10:00", 600), ("1:00:00", 3600), ("2-00:00:00", 172800), ("1-12:30:00", 131400)],
+)
+def test_sinfo_time_limits_read_as_slurm_writes_them(text, seconds):
+    from benchlib.launch.slurm.submit import slurm_time_seconds
+
+    assert slurm_time_seconds(text) == seconds
