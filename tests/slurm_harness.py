@@ -63,6 +63,8 @@ NODE = _first_node_name()
 NODE2 = f"{NODE}-2" if NODE != "localhost" else ""
 PARTITION = "debug"  # the first node only: single-node jobs always get NODE
 MULTI_PARTITION = "multi"  # both nodes
+SHORT_PARTITION = "short"  # the first node, with a time limit of SHORT_PARTITION_LIMIT
+SHORT_PARTITION_LIMIT = "00:10:00"
 NODE_CPUS = 16  # more than the 2 real cores (config_overrides): jobs here mostly sleep or validate
 GPUS_PER_NODE = 2  # tasks per node in the test cluster conf (one per "GPU"; REQUEST_GPUS=0)
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "sacct", "scancel")
@@ -125,6 +127,7 @@ SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=2
 NodeName={node} NodeAddr=127.0.0.1 Port={slurmd_port} CPUs={cpus} RealMemory=8000 State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName={short} Nodes={node} MaxTime={short_limit} State=UP
 """
 SECOND_NODE_TEMPLATE = """\
 NodeName={node2} NodeAddr=127.0.0.1 Port={slurmd2_port} CPUs={cpus} RealMemory=8000 State=UNKNOWN
@@ -277,6 +280,7 @@ def start_cluster(root: Path) -> SlurmCluster:
     values = dict(
         node=NODE, node2=NODE2, root=root, ctld_port=ctld_port, slurmd_port=slurmd_port, slurmd2_port=slurmd2_port,
         user=user, cpus=NODE_CPUS, partition=PARTITION, multi=MULTI_PARTITION,
+        short=SHORT_PARTITION, short_limit=SHORT_PARTITION_LIMIT,
     )
     conf.write_text(SLURM_CONF_TEMPLATE.format(**values) + (SECOND_NODE_TEMPLATE.format(**values) if NODE2 else ""))
     output_root = root / "runs"

@@ -131,8 +131,12 @@ def test_validate_step_is_real_megatron_work(slurm_cluster: SlurmCluster) -> Non
 @pytest.mark.megatron
 @pytest.mark.slow
 def test_validate_step_failure_fails_the_job(slurm_cluster: SlurmCluster) -> None:
-    """An argument Megatron refuses (extra args pass through last) makes the job FAILED, non-zero."""
-    job_id, run_dir = launch(slurm_cluster, "--no-such-megatron-flag", ENTRY="validate", COMMENT="badflag")
+    """An argument Megatron refuses (extra args pass through last) makes the job FAILED, non-zero.
+
+    `--fp16` is a flag Megatron knows (so the launch's flag check lets it through: an unknown flag
+    is refused before submission, tests/test_launch_refusals.py); Megatron's validate_args refuses
+    it beside the derived `--bf16`."""
+    job_id, run_dir = launch(slurm_cluster, "--fp16", ENTRY="validate", COMMENT="badflag")
     row = slurm_cluster.wait_finished(job_id, timeout=150)
     assert row["State"] == "FAILED" and row["ExitCode"] != "0:0", row
     assert (run_dir / "INCOMPLETE").exists()

@@ -15,8 +15,9 @@ from typing import Any
 from benchlib.core.errors import BenchError, did_you_mean
 
 
-def knob(doc: str, default: Any = None, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+def knob(doc: str, default: Any = None, choices: tuple[str, ...] | None = None, minimum: int = 1) -> Any:
+    """`minimum` is for integer knobs: the smallest value that means something (sizes start at 1)."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
 
 
 @dataclass
@@ -33,8 +34,8 @@ class Knobs:
     ETP: int = knob("Expert tensor-parallel size.", 1)
     CP: int = knob("Context-parallel size.", 1)
     VPP: int = knob("Virtual pipeline stages per pipeline rank (1 = no interleaving).", 1)
-    PP_FIRST: int = knob("Layers on the first pipeline stage (0 = even split).", 0)
-    PP_LAST: int = knob("Layers on the last pipeline stage (0 = even split).", 0)
+    PP_FIRST: int = knob("Layers on the first pipeline stage (0 = even split).", 0, minimum=0)
+    PP_LAST: int = knob("Layers on the last pipeline stage (0 = even split).", 0, minimum=0)
     NNODES: int = knob("Number of nodes.", 1)
     # --- batch and shape -----------------------------------------------------------
     MBS: int = knob("Micro-batch size.", 1)
@@ -67,7 +68,7 @@ class Knobs:
     DATA: str = knob("mock (synthetic tokens) or real (the cluster's DATA_PATH and TOKENIZER_MODEL).", "mock", ("mock", "real"))
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)
     # --- job -----------------------------------------------------------------------
-    RUN_TIME: str = knob("Slurm time limit, HH:MM:SS.", "00:30:00")
+    RUN_TIME: str = knob("Slurm time limit, HH:MM:SS or D-HH:MM:SS (above zero, within the partition's limit).", "00:30:00")
     PROFILE: str = knob("Profiling.", "0", ("0", "nsys", "torch"))
     PROFILE_STEPS: str = knob("Profiled iterations as START:END.", "10:12")
     COMMENT: str = knob("Free text appended to the job and WandB run names.", "")
@@ -91,7 +92,7 @@ KNOB_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fiel
 KNOB_NAMES: tuple[str, ...] = tuple(KNOB_FIELDS)
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off", ""}
-_RUN_TIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
+_RUN_TIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2}):(\d{2})$")
 
 
 def _field_type(f: dataclasses.Field) -> str:
@@ -108,8 +109,9 @@ def coerce(name: str, raw: Any, source: str) -> Any:
             value: Any = int(text)
         except ValueError:
             raise BenchError(f"{name}={text!r} from {source} is not an integer", hint=f"set {name} to a whole number") from None
-        if value < 0:
-            raise BenchError(f"{name}={value} from {source} is negative", hint=f"set {name} to 0 or more")
+        minimum = f.metadata.get("minimum", 1)
+        if value < minimum:
+            raise BenchError(f"{name}={value} from {source} is below {minimum}", hint=f"set {name} to {minimum} or more")
         return value
     if kind == "bool":
         low = text.lower()
@@ -124,9 +126,26 @@ def coerce(name: str, raw: Any, source: str) -> Any:
             f"{name}={text!r} from {source} is not one of: {', '.join(choices)}",
             hint=f"set {name} to one of {', '.join(choices)}",
         )
-    if name == "RUN_TIME" and not _RUN_TIME.match(text):
-        raise BenchError(f"RUN_TIME={text!r} from {source} is not HH:MM:SS", hint="e.g. RUN_TIME=00:30:00")
+    if name == "RUN_TIME":
+        run_time_seconds(text, source)
     return text
+
+
+def run_time_seconds(text: str, source: str = "RUN_TIME") -> int:
+    """Seconds in a Slurm time limit written HH:MM:SS or D-HH:MM:SS; refuse what Slurm would misread."""
+    m = _RUN_TIME.match(text)
+    if not m:
+        raise BenchError(f"RUN_TIME={text!r} from {source} is not HH:MM:SS or D-HH:MM:SS", hint="e.g. RUN_TIME=00:30:00 or RUN_TIME=1-12:00:00")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    if minutes >= 60 or seconds >= 60 or (m.group(1) is not None and hours >= 24):
+        raise BenchError(
+            f"RUN_TIME={text!r} from {source}: minutes and seconds must be below 60 (and hours below 24 after a day count)",
+            hint="e.g. RUN_TIME=01:30:00 for 90 minutes, RUN_TIME=1-02:00:00 for 26 hours",
+        )
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total == 0:
+        raise BenchError(f"RUN_TIME={text!r} from {source} is zero (Slurm reads that as no limit at all)", hint="give the job a real limit, e.g. RUN_TIME=00:30:00")
+    return total
 
 
 def check_knob_name(name: str, source: str) -> None:

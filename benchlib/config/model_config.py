@@ -66,7 +66,21 @@ def load_model(name: str) -> ModelConfig:
         for ph in _PLACEHOLDER.findall(str(value)):
             if ph not in KNOB_NAMES:
                 raise BenchError(f"{path}: {flag} uses unknown placeholder ${{{ph}}}{did_you_mean(ph, KNOB_NAMES)}", hint="valid placeholders: " + ", ".join(KNOB_NAMES))
+    from benchlib.config.extra_args import check_model_flags
+
+    check_model_flags(_flag_lines(path), path)
     return ModelConfig(name=name, path=path, env_vars={str(k): _env_str(v) for k, v in env.items()}, model_args=dict(args))
+
+
+def _flag_lines(path: Path) -> dict[str, int]:
+    """MODEL_ARGS flag -> its 1-based line in the file (for messages that point at the typo)."""
+    root = yaml.compose(path.read_text())
+    lines: dict[str, int] = {}
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value == "MODEL_ARGS" and isinstance(value, yaml.MappingNode):
+                lines.update({flag.value: flag.start_mark.line + 1 for flag, _ in value.value})
+    return lines
 
 
 def _env_str(value: Any) -> str:

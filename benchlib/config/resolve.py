@@ -20,6 +20,8 @@ from typing import Any, Mapping
 from benchlib.config import flags as F
 from benchlib.config.backend import BackendChoice, choose_backend, refuse_unsupported
 from benchlib.config.cluster import CLUSTER_KEYS, ClusterConfig, load_cluster
+from benchlib.config.extra_args import check_extra_args
+from benchlib.config.input_checks import ascii_name, check_slurm_lengths, near_miss_env_warnings
 from benchlib.core.gpus import BLACKWELL_TYPES, match_device_name
 from benchlib.core.errors import BenchError, did_you_mean
 from benchlib.config.knobs import KNOB_NAMES, Knobs, check_knob_name, coerce
@@ -118,7 +120,7 @@ def _job_name(k: Knobs) -> str:
     layout = f"TP{k.TP}PP{k.PP}EP{k.EP}" + (f"CP{k.CP}" if k.CP > 1 else "") + (f"VPP{k.VPP}" if k.VPP > 1 else "")
     name = f"{k.MODEL}-{layout}-{k.PR}"
     if k.COMMENT:
-        name += "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", k.COMMENT)
+        name += "-" + ascii_name(k.COMMENT)  # the #SBATCH --comment keeps the original text
     return name[:120]
 
 
@@ -146,6 +148,7 @@ def resolve_run(
                 f"unknown setting {key}={value!r}{did_you_mean(key, list(KNOB_NAMES) + list(CLUSTER_KEYS))}",
                 hint="valid knobs: " + ", ".join(KNOB_NAMES) + "; cluster keys: " + ", ".join(CLUSTER_KEYS),
             )
+    check_extra_args(extra)  # Megatron's parser would refuse these only once the job ran
     env_knobs = {k: v for k, v in environ.items() if k in KNOB_NAMES}
     env_cluster = {k: v for k, v in environ.items() if k in CLUSTER_KEYS}
 
@@ -154,7 +157,7 @@ def resolve_run(
     cluster_name = arg_knobs.get("CLUSTER", env_knobs.get("CLUSTER", "local")) or "local"
     cluster = load_cluster(cluster_name, model.name, {**env_cluster, **arg_cluster})
 
-    notes: list[str] = []
+    notes: list[str] = near_miss_env_warnings(environ, KNOB_NAMES, CLUSTER_KEYS)
     if not cluster.PYTHON:  # local runs: the interpreter running benchlib
         cluster = dataclasses.replace(cluster, PYTHON=sys.executable)
     if not cluster.GPU_TYPE:  # local runs: this machine's GPU
@@ -191,6 +194,7 @@ def resolve_run(
     if not out_root.is_absolute():
         out_root = SUITE_ROOT / out_root
     run_dir = out_root / model.name / f"{stamp}-{job_name}"
+    check_slurm_lengths(job_name, knobs.COMMENT, run_dir)
 
     # Model flags with placeholders filled.
     knob_values = dataclasses.asdict(knobs)

@@ -1,7 +1,9 @@
 """Launch a resolved run: DRY_RUN printing, the run directory, sbatch submission, interactive execution."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,14 +81,21 @@ def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None)
         sys.stdout.write(script)
         return 0
     if mode == "sbatch":
-        from benchlib.launch.slurm.submit import check_can_submit
+        from benchlib.launch.slurm.submit import check_can_submit, check_time_limit
 
         check_can_submit(run.cluster.CONTAINER_RUNTIME)  # before anything is written
+        check_time_limit(run.knobs.RUN_TIME, run.cluster.PARTITION)
     script_path = write_run_dir(run, script, argv, mode)
     if mode == "sbatch":
-        from benchlib.launch.slurm.submit import submit
+        from benchlib.launch.slurm.submit import SbatchRefused, submit
 
-        result = submit(run, run.run_dir, script_path)
+        try:
+            result = submit(run, run.run_dir, script_path)
+        except SbatchRefused as err:
+            shutil.rmtree(run.run_dir, ignore_errors=True)  # never queued: leave no run behind
+            with contextlib.suppress(OSError):
+                run.run_dir.parent.rmdir()  # the model's folder, if this run made it and it is empty
+            raise BenchError(f"{err.message}; its run directory {run.run_dir} was removed", hint=err.hint) from None
         print(f"submitted job {result.job_id}")
         print(f"run directory {run.run_dir}")
         return 0

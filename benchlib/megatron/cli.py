@@ -8,9 +8,14 @@ from benchlib.megatron.driver.argv import strip_separator
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("validate", help="run Megatron-Core's own argument validation for a run, on CPU")
+    # Like a launch, everything after `validate` is the run's words: KEY=VALUE knobs, then Megatron
+    # flags. '+' as the only option prefix keeps argparse from reading `--moe-aux-loss-coeff` as its own.
+    p = sub.add_parser(
+        "validate", help="run Megatron-Core's own argument validation for a run, on CPU", prefix_chars="+", add_help=False,
+        usage="benchlib validate [KEY=VALUE ...] [extra Megatron args ...]",
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="KEY=VALUE knobs (MODEL=...), then extra Megatron args")
-    p.set_defaults(func=_validate)
+    p.set_defaults(func=_validate, parser=p)
 
     p = sub.add_parser("validate-args", help="validate a raw Megatron argument list (the job step of ENTRY=validate)")
     p.add_argument("--gpu-type", required=True)
@@ -26,6 +31,9 @@ def _validate(args: argparse.Namespace) -> int:
     from benchlib.config.resolve import resolve_run
     from benchlib.megatron.validate import megatron_namespace
 
+    if args.rest in (["-h"], ["--help"]):
+        args.parser.print_help()
+        return 0
     start = time.monotonic()
     run = resolve_run(strip_separator(args.rest), os.environ)
     ns = megatron_namespace(run)

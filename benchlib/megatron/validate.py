@@ -83,6 +83,23 @@ def _describe(err: BaseException) -> str:
     return type(err).__name__
 
 
+def _save_full_text(text: str) -> Path:
+    """Megatron's whole answer (usage text, printed arguments, traceback) in a file the message names."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="benchlib-validate-", suffix=".txt")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return Path(name)
+
+
+def _explaining_lines(text: str) -> list[str]:
+    """The lines of argparse's answer that say what is wrong: its `error:` line(s), not the usage."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    found = [ln for ln in lines if ": error:" in ln or ln.startswith("error:")]
+    return found or [ln for ln in lines if ln][-1:]
+
+
 def validate_megatron_args(args: list[str], gpu_type: str, world_size: int, env: dict[str, str] | None = None, *, quiet: bool = True) -> argparse.Namespace:
     """Run Megatron's parse_args + validate_args; raise BenchError with Megatron's message on refusal."""
     try:
@@ -95,15 +112,30 @@ def validate_megatron_args(args: list[str], gpu_type: str, world_size: int, env:
     with _as_if_on(gpu_type, world_size, env or {}):
         sys.argv = ["pretrain_gpt.py", *args]
         sink = io.StringIO()
+        errors = io.StringIO()  # argparse's usage text (hundreds of lines) and its error line
         warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
         try:
-            with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+            with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext(), contextlib.redirect_stderr(errors):
                 namespace = parse_args(ignore_unknown_args=False)
                 validate_args(namespace, {})
-        except SystemExit as err:  # argparse refusal (unknown flag, bad choice)
-            raise BenchError(f"Megatron's argument parser refused the flags (exit {err.code}); see its message above", hint="fix or remove the flag it names") from None
+        except SystemExit as err:  # argparse refusal (unknown flag, bad choice, bad value)
+            full = _save_full_text(errors.getvalue() + sink.getvalue())
+            raise BenchError(
+                f"Megatron's argument parser refused the flags (exit {err.code}): " + " / ".join(_explaining_lines(errors.getvalue()))
+                + f"\n  (Megatron's full answer: {full})",
+                hint="fix or remove the flag it names",
+            ) from None
         except (AssertionError, ValueError, RuntimeError, TypeError, KeyError) as err:
-            raise BenchError(f"Megatron-Core refused this run: {_describe(err)}", hint="change the setting Megatron names (or the knob behind it)") from None
+            import traceback
+
+            full = _save_full_text(sink.getvalue() + errors.getvalue() + "".join(traceback.format_exception(err)))
+            raise BenchError(
+                f"Megatron-Core refused this run: {_describe(err)}\n  (Megatron's full answer: {full})",
+                hint="change the setting Megatron names (or the knob behind it)",
+            ) from None
+        finally:
+            if errors.getvalue() and not quiet:
+                sys.stderr.write(errors.getvalue())
     return namespace
 
 

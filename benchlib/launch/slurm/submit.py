@@ -53,7 +53,66 @@ def check_can_submit(container_runtime: str) -> None:
             )
 
 
+class SbatchRefused(BenchError):
+    """sbatch answered with an error: nothing was queued."""
+
+
 _PARSABLE = re.compile(r"^(\d+)(;\S+)?$")
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds in a time as sinfo prints it (D-HH:MM:SS, HH:MM:SS, MM:SS, MM); None for infinite."""
+    m = _SLURM_TIME.match(text.strip())
+    if not m:
+        return None
+    days, a, b, c = m.groups()
+    if a is None and c is None:  # "MM"
+        hours, minutes, seconds = 0, int(b), 0
+    elif c is None:  # "MM:SS", or "D-HH:MM"... sinfo writes D-HH:MM:SS, so read two fields as MM:SS
+        hours, minutes, seconds = (0, int(a), int(b)) if days is None else (int(a), int(b), 0)
+    else:
+        hours, minutes, seconds = int(a), int(b), int(c)
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def partition_time_limit(partition: str) -> tuple[str, str] | None:
+    """(partition, its time limit as sinfo prints it) -- the default partition when `partition` is
+    empty -- or None when sinfo cannot tell (no sinfo, no answer, no such partition)."""
+    if not tools.have("sinfo"):
+        return None
+    try:
+        res = tools.run(["sinfo", "-h", "-o", "%P %l"], check=False, timeout=15)
+    except BenchError:
+        return None
+    if res.returncode != 0:
+        return None
+    for line in res.stdout.splitlines():
+        fields = line.split()
+        if len(fields) != 2:
+            continue
+        name, limit = fields
+        is_default = name.endswith("*")
+        name = name.rstrip("*")
+        if (partition and name == partition) or (not partition and is_default):
+            return name, limit
+    return None
+
+
+def check_time_limit(run_time: str, partition: str) -> None:
+    """Refuse a RUN_TIME beyond the partition's limit (Slurm would leave the job pending forever)."""
+    from benchlib.config.knobs import run_time_seconds
+
+    found = partition_time_limit(partition)
+    if found is None:
+        return
+    name, limit_text = found
+    limit = slurm_time_seconds(limit_text)
+    if limit is not None and run_time_seconds(run_time) > limit:
+        raise BenchError(
+            f"RUN_TIME={run_time} is beyond partition {name}'s time limit of {limit_text} (sinfo)",
+            hint=f"set RUN_TIME to {limit_text} or less, or choose another PARTITION",
+        )
 
 
 def _sbatch(args: list[str], cwd: Path) -> str:
@@ -61,9 +120,13 @@ def _sbatch(args: list[str], cwd: Path) -> str:
     # WANDB_API_KEY reaches the job without ever being written into the script.
     res = tools.run(args, check=False, cwd=cwd)
     if res.returncode != 0:
-        raise BenchError(
-            f"sbatch refused the job (exit {res.returncode}): {(res.stderr or res.stdout).strip()}",
-            hint="check ACCOUNT/PARTITION/QOS and SBATCH_EXTRA in the cluster conf; DRY_RUN=1 prints the script",
+        said = (res.stderr or res.stdout).strip() or "(nothing)"
+        # name the setting behind what sbatch's own words point at, not a guess at all of them
+        named = [key for key in ("PARTITION", "ACCOUNT", "QOS") if key.lower() in said.lower()]
+        where = f" (check {', '.join(named)} in the cluster conf or the environment)" if named else ""
+        raise SbatchRefused(
+            f"sbatch refused the job (exit {res.returncode}); nothing was queued",
+            hint=f"sbatch said: {said}{where}; DRY_RUN=1 prints the script it was given",
         )
     lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
     m = _PARSABLE.match(lines[-1]) if lines else None
