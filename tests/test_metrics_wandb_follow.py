@@ -148,6 +148,25 @@ def follow_whole_log(run_dir: Path, env: dict[str, str], log: Path = FIXTURE, ex
     assert proc.returncode == 0, out
 
 
+def test_rows_do_not_depend_on_how_the_log_is_cut(tmp_path, monkeypatch):
+    """The same rows whether the log is read whole, in small chunks, or as it grows (half lines included)."""
+    from benchlib.metrics.wandb_push import HistoryFeed, LogTail, feed_rows
+
+    whole = feed_rows(HistoryFeed(), LogTail(FIXTURE).lines(final=True))
+    monkeypatch.setattr(LogTail, "CHUNK_BYTES", 997)
+    assert feed_rows(HistoryFeed(), LogTail(FIXTURE).lines(final=True)) == whole
+    grown, feed, log = [], HistoryFeed(), tmp_path / "train.log"
+    tail = LogTail(log)
+    data = FIXTURE.read_bytes()
+    for start in range(0, len(data), 5000):  # cuts fall inside lines
+        with open(log, "ab") as fh:
+            fh.write(data[start:start + 5000])
+        grown += feed_rows(feed, tail.lines())
+    grown += feed_rows(feed, tail.lines(final=True))
+    assert grown == whole and tail.offset == len(data)
+    assert_every_iteration([r for r in whole if "train/iteration_time_ms" in r], FIXTURE)
+
+
 # --- the follower ------------------------------------------------------------------------------
 
 def test_follower_logs_each_iteration_as_it_appears_then_the_suite_summary(tmp_path, wandb_env):

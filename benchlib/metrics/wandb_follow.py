@@ -27,8 +27,8 @@ from typing import Any, Mapping
 
 from benchlib.core.errors import BenchError
 from benchlib.core.rundir import LOGS_DIR, RESULT_FILE, TRAIN_LOG, WANDB_STOP_FILE
-from benchlib.metrics.wandb_push import (HistoryFeed, LogTail, WandbRun, WandbRunRecord, job_state, new_run_id, run_shape,
-                                         summary_of, wandb_mode)
+from benchlib.metrics.wandb_push import (HistoryFeed, LogTail, WandbRun, WandbRunRecord, feed_rows, job_state, new_run_id,
+                                         run_shape, summary_of, wandb_mode)
 
 DEFAULT_INTERVAL_S = 2.0
 DEFAULT_TERM_GRACE_S = 25.0  # under Slurm's default KillWait (30 s) between SIGTERM and SIGKILL
@@ -155,7 +155,7 @@ def follow(run_dir: Path, *, parent_pid: int | None = None, interval_s: float = 
             why = "the job script is gone"
         elif terminated.at is not None and time.monotonic() - terminated.at > term_grace_s:
             why = "terminated"
-        rows = [r for r in map(feed.feed, tail.read_lines(final=bool(why))) if r]
+        rows = feed_rows(feed, tail.lines(final=bool(why)))
         if rows:
             step = wb.log_rows(rows, step)
             record.live_iteration = feed.last_iteration

@@ -132,30 +132,41 @@ class HistoryFeed:
 
 
 class LogTail:
-    """The complete new lines of a growing log file, from a byte offset on."""
+    """The complete new lines of a growing log file, from a byte offset on, read in bounded chunks."""
+
+    CHUNK_BYTES = 8 * 1024 * 1024
 
     def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = Path(path)
         self.offset = offset  # bytes consumed: everything before is a complete line already read
-        self._partial = b""
 
-    def read_lines(self, *, final: bool = False) -> list[str]:
+    def lines(self, *, final: bool = False) -> Iterator[str]:
         """New complete lines; with final=True also a last line without its newline (the writer is gone)."""
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
-            return []
-        if size < self.offset + len(self._partial):  # replaced or truncated: read it again
-            self.offset, self._partial = 0, b""
+            return
+        if size < self.offset:  # replaced or truncated: read it again
+            self.offset = 0
         with open(self.path, "rb") as fh:
-            fh.seek(self.offset + len(self._partial))
-            data = self._partial + fh.read()
-        cut = data.rfind(b"\n") + 1
-        complete, self._partial = data[:cut], data[cut:]
-        self.offset += len(complete)
-        if final and self._partial:
-            complete, self.offset, self._partial = complete + self._partial, self.offset + len(self._partial), b""
-        return complete.decode("utf-8", "replace").splitlines()
+            fh.seek(self.offset)
+            pending = b""
+            while True:
+                chunk = fh.read(self.CHUNK_BYTES)
+                if not chunk:
+                    break
+                data = pending + chunk
+                cut = data.rfind(b"\n") + 1
+                complete, pending = data[:cut], data[cut:]
+                self.offset += len(complete)
+                yield from complete.decode("utf-8", "replace").splitlines()
+            if final and pending:
+                self.offset += len(pending)
+                yield pending.decode("utf-8", "replace")
+
+
+def feed_rows(feed: "HistoryFeed", lines: Iterable[str]) -> list[dict[str, Any]]:
+    return [row for row in map(feed.feed, lines) if row]
 
 
 def rows_from_series(result: RunResult) -> Iterator[dict[str, Any]]:
@@ -433,11 +444,11 @@ def push_run_dir(run_dir: Path, result: RunResult, *, project: str | None = None
     log_offset = record.log_offset
     if logs == [main_log]:  # the follower's log: only what the run does not have yet
         tail = LogTail(main_log, record.log_offset)
-        rows = [r for r in map(feed.feed, tail.read_lines(final=True)) if r]
+        rows = feed_rows(feed, tail.lines(final=True))
         log_offset = tail.offset
     elif record.next_step == 0:
         for log in logs:
-            rows += [r for r in map(feed.feed, LogTail(log).read_lines(final=True)) if r]
+            rows += feed_rows(feed, LogTail(log).lines(final=True))
     raw = _read_json(run_dir / RESULT_FILE)
     wb = WandbRun(shape, directory=directory or run_dir, mode=mode, run_id=record.id)
     next_step = wb.log_rows(rows, record.next_step)
@@ -456,7 +467,7 @@ def push_result(result: RunResult, *, directory: Path, project: str | None = Non
     shape = run_shape(result=result, name=name, project=project, entity=entity)
     if log is not None:
         feed = HistoryFeed(seq_length=shape.seq_length, world_size=shape.world_size)
-        rows: Iterable[dict[str, Any]] = [r for r in map(feed.feed, LogTail(log).read_lines(final=True)) if r]
+        rows: Iterable[dict[str, Any]] = feed_rows(feed, LogTail(log).lines(final=True))
     else:
         rows = rows_from_series(result)
     mode = "offline" if force_offline else wandb_mode(os.environ)
