@@ -197,6 +197,7 @@ def test_follower_logs_each_iteration_as_it_appears_then_the_suite_summary(tmp_p
     result = json.loads((run_dir / RESULT_FILE).read_text())
     assert_suite_summary(got["summary"], result)
     assert got["summary"]["status"] == "completed" and got["summary"]["job/exit_status"] == 0
+    assert got["summary"]["job/end"] == "training ended"
     # Dashboard grouping and filtering work without editing: group = model, tags, config.
     run, config = got["run"], got["config"]
     assert run.run_group == PROXY and run.display_name == config["knobs"]["WANDB_RUN_NAME"]
@@ -235,6 +236,25 @@ def test_follower_finishes_with_a_status_when_the_job_script_is_gone(tmp_path, w
     assert [r["iteration"] for r in got["iterations"]] == list(range(1, 9))
     assert got["summary"]["status"] == "running"  # no end marker, log written just now
     assert "job/exit_status" not in got["summary"] and got["summary"]["steady/mfu"] > 0
+    assert got["summary"]["job/end"] == "the job script is gone"
+
+
+def test_follower_finishes_with_a_status_after_sigterm(tmp_path, wandb_env):
+    """Slurm cancelling the job sends SIGTERM: the follower follows a little longer, then finishes the run."""
+    run_dir = make_run_dir(tmp_path / "runs", wandb_env)
+    lines = FIXTURE.read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if "iteration        3/" in line) + 1
+    append_lines(run_dir / "logs" / "train.log", lines[:cut])
+    proc = start_follower(run_dir, wandb_env, "--term-grace", "1")
+    wait_until(lambda: record_of(run_dir).get("live_iteration") == 3, what="the follower to log iteration 3")
+    proc.send_signal(signal.SIGTERM)
+    append_lines(run_dir / "logs" / "train.log", lines[cut:cut + 3])  # still read during the grace time
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGTERM" in out, out
+    (path,) = offline_runs(run_dir)
+    got = read_run(path)
+    assert got["summary"]["job/end"] == "terminated" and got["summary"]["status"]
+    assert got["iterations"][-1]["iteration"] >= 3 and record_of(run_dir)["finished"] is True
 
 
 # --- push: same shape, never a duplicate ---------------------------------------------------------
@@ -311,7 +331,7 @@ def test_push_without_wandb_gives_the_same_shape(tmp_path, wandb_env):
     a, b = read_run(a_file), read_run(b_file)
     assert_every_iteration(b["iterations"], FIXTURE)
     assert [set(r) for r in a["history"]] == [set(r) for r in b["history"]]
-    assert set(a["summary"]) - set(b["summary"]) <= {"job/exit_status"}
+    assert set(a["summary"]) - set(b["summary"]) <= {"job/exit_status", "job/end"}
     assert set(a["config"]) == set(b["config"]) and a["run"].run_group == b["run"].run_group
     assert sorted(a["run"].tags) == sorted(b["run"].tags)
     assert record_of(plain)["id"] == b["run"].run_id  # a second push updates this run

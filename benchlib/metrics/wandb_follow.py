@@ -165,7 +165,7 @@ def follow(run_dir: Path, *, parent_pid: int | None = None, interval_s: float = 
         time.sleep(interval_s)
 
     exit_status = _exit_status(stop_file)
-    summary = end_of_job_summary(run_dir, since=since, exit_status=exit_status)
+    summary = {**end_of_job_summary(run_dir, since=since, exit_status=exit_status), "job/end": why}
     info = wb.finish(summary)
     # The chunk is complete on disk (or sent): from here on, push continues after it.
     record.log_offset, record.next_step, record.segment, record.last_iteration = tail.offset, step, feed.segment, feed.last_iteration
