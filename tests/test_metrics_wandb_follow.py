@@ -337,6 +337,16 @@ def test_push_without_wandb_gives_the_same_shape(tmp_path, wandb_env):
     assert record_of(plain)["id"] == b["run"].run_id  # a second push updates this run
 
 
+def test_push_of_a_bare_log_has_every_iteration(tmp_path, wandb_env):
+    log = tmp_path / FIXTURE.name
+    log.write_bytes(FIXTURE.read_bytes())
+    assert main(["push", str(log), "--gpu", "H200"]) == 0
+    (path,) = sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    got = read_run(path)
+    assert_every_iteration(got["iterations"], FIXTURE)
+    assert got["summary"]["steady/mfu"] > 0 and got["run"].display_name == FIXTURE.stem
+
+
 # --- refused or warned before launch ------------------------------------------------------------
 
 @pytest.fixture(scope="module")

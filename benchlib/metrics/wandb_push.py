@@ -421,7 +421,8 @@ def job_state(run_dir: Path) -> dict[str, Any]:
 
 def push_run_dir(run_dir: Path, result: RunResult, *, project: str | None = None, entity: str | None = None,
                  force_offline: bool = False, directory: Path | None = None) -> str:
-    """Push a run directory into ITS WandB run: the live one (wandb_run.json) or a new one it then keeps."""
+    """Push a run directory into ITS WandB run: the job's (wandb_run.json) or a new one it then keeps.
+    Meant for a job that has ended: a follower still at work would write after it."""
     from benchlib.metrics.collect import run_logs
 
     run_dir = Path(run_dir)
@@ -471,8 +472,6 @@ def push_result(result: RunResult, *, directory: Path, project: str | None = Non
     else:
         rows = rows_from_series(result)
     mode = "offline" if force_offline else wandb_mode(os.environ)
-    record = WandbRunRecord(id=new_run_id(), project=shape.project, entity=shape.entity, mode=mode, name=shape.name,
-                            group=shape.group)
-    wb = WandbRun(shape, directory=directory, mode=mode, run_id=record.id)
+    wb = WandbRun(shape, directory=directory, mode=mode, run_id=new_run_id())
     wb.log_rows(rows, 0)
     return wb.finish(summary_of(result))
