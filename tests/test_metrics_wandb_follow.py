@@ -393,6 +393,21 @@ def test_wandb_online_without_key_warns_and_goes_offline(tmp_path, clean_env):
     assert wandb_mode({"WANDB_API_KEY": "k", "WANDB_MODE": "offline"}) == "offline"
 
 
+@pytest.mark.parametrize("runtime", ["pyxis", "none"])
+def test_rendered_sbatch_starts_the_follower_before_training_and_stops_it_after_collect(clean_env, runtime):
+    from benchlib.render.scripts import render_sbatch
+
+    env = {**clean_env, "MODEL": PROXY, "WANDB": "1", "CONTAINER_RUNTIME": runtime, "WANDB_API_KEY": SENTINEL}
+    text = render_sbatch(resolve_run(["CLUSTER=template"], env, mode="sbatch"))
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+    start, train = text.index("-m benchlib wandb-follow"), text.index('srun "${SRUN_ARGS[@]}"')
+    collect, stop, limit = text.index("-m benchlib collect"), text.index('> "$WANDB_STOP"'), text.index('if [ "$CUT" = "time limit" ]')
+    assert start < train < collect < stop < limit
+    line = text[text.rindex("\n", 0, start) + 1:text.index("\n", start)]
+    assert ("srun --overlap" in line) == (runtime == "pyxis") and ("--parent-pid" in line) == (runtime == "none")
+    assert "logs/wandb.log" in line and SENTINEL not in text and "--wandb-" not in text
+
+
 # --- the interactive launch -----------------------------------------------------------------------
 
 def test_interactive_launch_with_wandb_makes_exactly_one_run(tmp_path, wandb_env):
