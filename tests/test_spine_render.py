@@ -97,8 +97,10 @@ def test_dry_run_deepseek_v3_prints_full_sbatch_script(clean_env):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("#!/bin/bash") and "#SBATCH --nodes=" in out and "srun" in out
-    for flag in ("--num-layers", "--hidden-size", "--num-experts", "--multi-latent-attention", "--kv-lora-rank", "--moe-router-topk", "--expert-model-parallel-size", "--wandb-project"):
+    for flag in ("--num-layers", "--hidden-size", "--num-experts", "--multi-latent-attention", "--kv-lora-rank", "--moe-router-topk", "--expert-model-parallel-size"):
         assert flag in out, flag
+    # WANDB=1: the job's follower writes the one WandB run; Megatron's own writer stays off.
+    assert "-m benchlib wandb-follow" in out and "--wandb-" not in out
     assert SENTINEL not in out and SENTINEL not in proc.stderr
 
 
@@ -124,7 +126,8 @@ def test_interactive_without_gpu_points_to_dry_run(clean_env, tmp_path):
 
 def test_launch_writes_run_dir_without_secrets(clean_env, tmp_path):
     """A real interactive launch on CPU (ENTRY=command): run dir, manifest, resolved config, log."""
-    env = {**clean_env, "MODEL": PROXY, "OUTPUT_ROOT": str(tmp_path), "ENTRY": "command", "ENTRY_COMMAND": "echo step-ran", "WANDB": "1", "WANDB_API_KEY": SENTINEL}
+    env = {**clean_env, "MODEL": PROXY, "OUTPUT_ROOT": str(tmp_path), "ENTRY": "command", "ENTRY_COMMAND": "echo step-ran", "WANDB": "1", "WANDB_API_KEY": SENTINEL,
+           "WANDB_MODE": "offline"}  # the job's WandB run is written into the run dir, which is searched for the key too
     proc = _cli(env, "interactive_benchmarking.sh", "TRAIN_ITERS=3", "--lr", "0.5")
     assert "step-ran" in proc.stdout, proc.stderr
     run_dirs = list((tmp_path / PROXY).iterdir())

@@ -164,7 +164,7 @@ def test_recompute_offload_profile_wandb_flags(clean_env):
     assert a[i + 1 : i + 3] == ["moe_act", "layernorm"]
     assert "--optimizer-cpu-offload" in a and "--use-precision-aware-optimizer" in a
     assert "--use-pytorch-profiler" in a and a[a.index("--profile-step-start") + 1] == "10"
-    assert a[a.index("--wandb-exp-name") + 1] == run.knobs.WANDB_RUN_NAME
+    assert not [f for f in a if f.startswith("--wandb")]  # the job's follower logs to WandB, not Megatron
     assert run.knobs.WANDB_RUN_NAME.endswith("try_1")
 
 

@@ -131,8 +131,8 @@ def _training_flags(k: Knobs, run_dir: str) -> FlagList:
         out += [("--profile", True), ("--profile-step-start", int(start)), ("--profile-step-end", int(end)), ("--profile-ranks", ["0"])]
         if k.PROFILE == "torch":
             out += [("--use-pytorch-profiler", True), ("--tensorboard-dir", f"{run_dir}/profile")]
-    if k.WANDB:
-        out += [("--wandb-project", k.WANDB_PROJECT), ("--wandb-exp-name", k.WANDB_RUN_NAME), ("--wandb-save-dir", f"{run_dir}/wandb")]
+    # WANDB=1 adds no Megatron flag: Megatron's own writer logs almost nothing without TensorBoard and
+    # would make a second run. The job script's follower writes the one run (benchlib.metrics.wandb_follow).
     return out
 
 

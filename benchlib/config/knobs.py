@@ -83,7 +83,12 @@ class Knobs:
     ENTRY_COMMAND: str = knob("The step's command when ENTRY=command (shell words).", "")
     MEM_CHECK: bool = knob("Refuse a launch whose memory estimate exceeds the GPU's memory.", True)
     # --- WandB -----------------------------------------------------------------------
-    WANDB: bool = knob("Log to WandB from the job (the key is read from WANDB_API_KEY at run time).", False)
+    WANDB: bool = knob(
+        "One WandB run per benchmark, written by the job as it trains (each iteration's loss, time, TFLOP/s, "
+        "tokens/s; the suite's summary at the end). Online with WANDB_API_KEY (read at run time), else offline "
+        "in the run directory.",
+        False,
+    )
     WANDB_PROJECT: str = knob("WandB project.", "megatron-moe-bench")
     WANDB_RUN_NAME: str = knob("WandB run name; empty = derived from model, layout and COMMENT.", "")
 

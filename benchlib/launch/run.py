@@ -38,6 +38,49 @@ def memory_check(run: ResolvedRun, *, dry_run: bool) -> None:
         say(f"warning (DRY_RUN continues): {err}")
 
 
+def wandb_check(run: ResolvedRun, environ: Mapping[str, str], *, dry_run: bool) -> None:
+    """WANDB=1: the job's Python must import wandb (refused otherwise); no WANDB_API_KEY means offline (warned).
+
+    The import is tried in a subprocess of the job's interpreter (the cluster's PYTHON, or this one
+    for local runs): benchlib itself never imports wandb here. Inside a container it cannot be tried.
+    """
+    if not run.knobs.WANDB:
+        return
+    from benchlib.metrics.wandb_push import wandb_mode
+
+    mode = wandb_mode(environ)
+    if mode == "offline" and not environ.get("WANDB_API_KEY") and (environ.get("WANDB_MODE") or "").lower() not in ("offline", "dryrun"):
+        say("warning: WANDB=1 without WANDB_API_KEY: the job writes its WandB run offline into <run dir>/wandb; "
+            "upload it later with `wandb sync <run dir>/wandb/offline-run-*` (or export WANDB_API_KEY to log online)")
+    if mode == "disabled":
+        say("WANDB=1 with WANDB_MODE=disabled: nothing will be logged")
+        return
+    python = run.cluster.PYTHON
+    if run.cluster.CONTAINER_RUNTIME == "pyxis":
+        say(f"WANDB=1: cannot check here that the container's {python} imports wandb; the job's logs/wandb.log will say")
+        return
+    why = ""
+    try:
+        proc = subprocess.run([python, "-c", "import wandb"], capture_output=True, text=True, timeout=180,
+                              env={k: v for k, v in environ.items()})
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            why = lines[-1] if lines else f"exit status {proc.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as err:
+        why = f"{type(err).__name__}: {err}"
+    if not why:
+        return
+    err = BenchError(
+        f"WANDB=1, but the job's Python ({python}) cannot import wandb ({why})",
+        hint=f"install it for that interpreter ({python} -m pip install wandb; without internet: "
+             f"{python} -m pip install --no-index --find-links .whl wandb), or run without WANDB=1 and "
+             "`benchlib push <run dir>` afterwards from a machine that has wandb",
+    )
+    if not dry_run:
+        raise err
+    say(f"warning (DRY_RUN continues): {err}")
+
+
 def prepare(mode: str, argv: list[str], environ: Mapping[str, str]) -> tuple[ResolvedRun, str]:
     run = resolve_run(argv, environ, mode=mode)
     say(f"model {run.model.name}, cluster {run.cluster.NAME} ({run.cluster.GPU_TYPE}), {run.knobs.NNODES} node(s) x {run.gpus_per_node} GPU(s), backend {run.backend.name} ({run.backend.reason})")
@@ -45,6 +88,7 @@ def prepare(mode: str, argv: list[str], environ: Mapping[str, str]) -> tuple[Res
         say(note)
     dry_run = environ.get("DRY_RUN", "0") not in ("", "0")
     memory_check(run, dry_run=dry_run)
+    wandb_check(run, environ, dry_run=dry_run)
     script = render_sbatch(run) if mode == "sbatch" else render_interactive(run)
     return run, script
 

@@ -95,7 +95,7 @@ def _assigns(rest: list[str]) -> tuple[dict[str, str], list[str]]:
 def build_sweep(layouts: list[dict[str, Any]], shared: list[str], environ: Mapping[str, str], *,
                 concurrency: int, submit: bool, label: str = "") -> SweepOutcome:
     """Resolve, check and render every layout, write the sweep directory, submit one array."""
-    from benchlib.launch.run import memory_check, write_run_dir
+    from benchlib.launch.run import memory_check, wandb_check, write_run_dir
     from benchlib.render.scripts import render_sbatch
     from benchlib.config.resolve import resolve_run
     from benchlib.launch.slurm.submit import array_script, check_can_submit, submit_array
@@ -125,6 +125,9 @@ def build_sweep(layouts: list[dict[str, Any]], shared: list[str], environ: Mappi
             run = resolve_run(_argv(knobs) + extra, environ, mode="sbatch", stamp=f"{stamp}-t{i}")
         memory_check(run, dry_run=False)  # a layout that cannot fit stops the sweep before anything is queued
         runs.append((run, knobs))
+    with_wandb = [run for run, _ in runs if run.knobs.WANDB]
+    if with_wandb:  # the tasks share the cluster's interpreter: one check
+        wandb_check(with_wandb[0], environ, dry_run=not submit)
     check_can_submit(runs[0][0].cluster.CONTAINER_RUNTIME) if submit else None
     model = runs[0][0].knobs.MODEL
     root = runs[0][0].run_dir.parent.parent  # <OUTPUT_ROOT>/<MODEL>/<run> -> <OUTPUT_ROOT>

@@ -43,7 +43,10 @@ def register(subparsers) -> None:
 
     w = subparsers.add_parser("push", help="push runs to WandB (offline without WANDB_API_KEY)",
                               description="Log config, per-iteration series and summary of each run to WandB: group = model, "
-                                          "tags = layout and precision. Offline (wandb sync later) unless WANDB_API_KEY is set.")
+                                          "tags = layout, precision, GPU type and backend. A run directory goes into its own "
+                                          "WandB run (the one its job logged with WANDB=1, else one made now and kept in "
+                                          "wandb_run.json): pushing again updates it, never duplicates it. "
+                                          "Offline (wandb sync later) unless WANDB_API_KEY is set.")
     w.add_argument("runs", nargs="+", metavar="RUN")
     w.add_argument("--gpu", type=str.upper, help="GPU type for runs given as bare logs")
     w.add_argument("--project", default=None, help="WandB project (default $WANDB_PROJECT or megatron-moe-bench)")
@@ -51,6 +54,16 @@ def register(subparsers) -> None:
     w.add_argument("--dir", type=Path, default=None, help="where the wandb/ folder goes (default: the run dir, else ./)")
     w.add_argument("--offline", action="store_true", help="offline even if WANDB_API_KEY is set")
     w.set_defaults(func=cmd_push)
+
+    f = subparsers.add_parser("wandb-follow", help="(the job script runs it with WANDB=1) log a training run to WandB as it trains",
+                              description="Tail RUN_DIR/logs/train.log and log each iteration to the run's WandB run; when the "
+                                          "job script writes RUN_DIR/wandb_stop (or is gone), write the suite's summary into the "
+                                          "same run and finish. Offline unless WANDB_API_KEY is set.")
+    f.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    f.add_argument("--parent-pid", type=int, default=None, help="finish when this process (the job script) is gone")
+    f.add_argument("--interval", type=float, default=2.0, help="seconds between looks at the log (default 2)")
+    f.add_argument("--term-grace", type=float, default=25.0, help="seconds to keep following after SIGTERM (default 25)")
+    f.set_defaults(func=cmd_wandb_follow)
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
@@ -103,12 +116,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from benchlib.metrics.wandb_push import push_result
+    from benchlib.metrics.wandb_push import push_result, push_run_dir
 
     for r in args.runs:
         result, run_dir = result_for(r, gpu=args.gpu)
-        base = args.dir or run_dir or (Path(r).parent if Path(r).is_file() else Path.cwd())
-        info = push_result(result, directory=base, project=args.project, entity=args.entity, force_offline=args.offline,
-                           name=(run_dir.name if run_dir else Path(r).stem))
+        if run_dir is not None:
+            info = push_run_dir(run_dir, result, project=args.project, entity=args.entity, force_offline=args.offline,
+                                directory=args.dir)
+        else:
+            path = Path(r)
+            info = push_result(result, directory=args.dir or path.parent, project=args.project, entity=args.entity,
+                               force_offline=args.offline, name=path.stem, log=None if path.suffix == ".json" else path)
         print(f"{r}: {info}")
     return 0
+
+
+def cmd_wandb_follow(args: argparse.Namespace) -> int:
+    from benchlib.metrics.wandb_follow import cmd_wandb_follow as follow
+
+    return follow(args)

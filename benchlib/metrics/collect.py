@@ -63,11 +63,8 @@ def run_dir_config(run_dir: Path) -> dict | None:
     return load_config(path) if path.is_file() else None
 
 
-def collect_run_dir(run_dir: Path) -> int:
-    """Parse a finished run directory into its result.json and print the summary."""
-    from benchlib.metrics.result import write_result
-    from benchlib.metrics.summary_text import format_summary
-
+def run_dir_result(run_dir: Path):
+    """A run directory's RunResult from its training log, with the GPU type and world size it was launched with."""
     run_dir = Path(run_dir)
     log = run_dir / LOGS_DIR / TRAIN_LOG
     if not log.is_file():
@@ -75,6 +72,16 @@ def collect_run_dir(run_dir: Path) -> int:
     config = run_dir_config(run_dir) or {}
     gpu_type = (config.get("cluster_config") or {}).get("GPU_TYPE")
     result, _ = result_for(str(run_dir), gpu=gpu_type, world_size=config.get("world_size"))
+    return result
+
+
+def collect_run_dir(run_dir: Path) -> int:
+    """Parse a finished run directory into its result.json and print the summary."""
+    from benchlib.metrics.result import write_result
+    from benchlib.metrics.summary_text import format_summary
+
+    run_dir = Path(run_dir)
+    result = run_dir_result(run_dir)
     write_result(result, run_dir / RESULT_FILE)
     print(format_summary(result))
     return result.exit_code

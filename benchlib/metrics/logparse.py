@@ -230,6 +230,20 @@ def parse_iteration_line(line: str) -> IterationRecord | None:
     return rec
 
 
+def parse_memory_line(line: str) -> MemoryRecord | None:
+    """Parse one `[Rank R] (after N iterations) memory (MB) | ...` line (prefix or not)."""
+    m = _MEM.search(line)
+    if not m:
+        return None
+    return MemoryRecord(int(m.group(1)), int(m.group(2)), *(float(m.group(i)) for i in range(3, 7)))
+
+
+def parse_arg_line(line: str) -> tuple[str, Any] | None:
+    """One `  name ....... value` line of the argument dump (prefix or not): (name, typed value)."""
+    m = _ARG.match(strip_prefix(line))
+    return (m.group(1), parse_arg_value(m.group(2) or "")) if m else None
+
+
 class _Reader:
     """State carried across chunks and files."""
 
@@ -291,9 +305,9 @@ class _Reader:
             self.pending_eval_or_save = True
             self.event("checkpoint", line)
         elif kind == "memory":
-            m = _MEM.search(line)
-            if m:
-                self.memory.append(MemoryRecord(int(m.group(1)), int(m.group(2)), *(float(m.group(i)) for i in range(3, 7))))
+            rec = parse_memory_line(line)
+            if rec is not None:
+                self.memory.append(rec)
         elif kind == "theoretical_memory":
             m = _THEO.search(line)
             if m:

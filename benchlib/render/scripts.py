@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import jinja2
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import INCOMPLETE_MARKER, LOGS_DIR, RESULT_FILE, TRAIN_LOG
+from benchlib.core.rundir import INCOMPLETE_MARKER, LOGS_DIR, RESULT_FILE, TRAIN_LOG, WANDB_LOG, WANDB_STOP_FILE
 from benchlib.core.paths import SUITE_ROOT, TEMPLATE_DIR
 from benchlib.config.resolve import ResolvedRun
 from benchlib.core.secrets import assert_no_secrets
@@ -116,6 +116,8 @@ def _render(template: str, run: ResolvedRun, run_dir: Path, **extra: Any) -> str
         log_path=f"{run_dir}/{LOGS_DIR}/{TRAIN_LOG}",
         incomplete_marker=INCOMPLETE_MARKER,
         result_file=RESULT_FILE,
+        wandb_stop_file=WANDB_STOP_FILE,
+        wandb_log=WANDB_LOG,
         **extra,
     )
     assert_no_secrets(text, f"the rendered {template}")
