@@ -53,8 +53,24 @@ def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = Non
     else:
         raise BenchError(f"not found: {arg}", hint="give a result JSON, a log file or a run directory")
     parsed = parse_log(logs)
-    return summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
-                     hang_factor=hang_factor, hang_min_s=hang_min_s), run_dir
+    result = summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
+                       hang_factor=hang_factor, hang_min_s=hang_min_s)
+    if run_dir is not None:
+        add_run_dir_parts(result, run_dir, config=config, skip=skip)
+    return result, run_dir
+
+
+def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int | None = None) -> None:
+    """What only a run directory has: the GPU calibration and the repeat logs (REPEATS>1)."""
+    from benchlib.metrics.calibration import calibration_for
+    from benchlib.metrics.repeats import repeats_for, spread_warning
+
+    result.calibration, warnings = calibration_for(run_dir, result.gpu_type)
+    result.warnings.extend(warnings)
+    result.repeats = repeats_for(run_dir, gpu=result.gpu_type, world_size=result.num_gpus, config=config, skip=skip)
+    warning = spread_warning(result.repeats)
+    if warning:
+        result.warnings.append(warning)
 
 
 def run_dir_config(run_dir: Path) -> dict | None:
