@@ -30,6 +30,7 @@ LAUNCHER=()
 
 status=0
 for REPEAT in $(seq 1 1); do  # (body not indented: it is the one launch)
+echo "[bench] launch $REPEAT of 1 (REPEATS)"
 set +e
 "${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=1 --nproc-per-node=8 \

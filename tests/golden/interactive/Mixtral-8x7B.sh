@@ -32,6 +32,7 @@ LAUNCHER=(srun --nodes=8 --ntasks-per-node=1 --label bash -c 'export PET_NODE_RA
 
 status=0
 for REPEAT in $(seq 1 1); do  # (body not indented: it is the one launch)
+echo "[bench] launch $REPEAT of 1 (REPEATS)"
 set +e
 "${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=8 --nproc-per-node=8 \

@@ -82,6 +82,7 @@ srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
   > "$RUN_DIR/logs/calibration.log" 2>&1 || note "calibration failed (see logs/calibration.log); training goes on"
 status=0
 for REPEAT in $(seq 1 1); do  # (body not indented: it is the one step)
+note "launch $REPEAT of 1 (REPEATS)"
 # The step's pipeline runs in the background so the traps above run while it does (bash runs a
 # trap only after a foreground pipeline ends). With pipefail its status is srun's, i.e. training's.
 # shellcheck disable=SC2016  # $SLURM_PROCID etc. expand in each task, not here
