@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import LOGS_DIR, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
+from benchlib.core.rundir import LOGS_DIR, MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
 from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S
 
 
@@ -65,6 +65,14 @@ def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int |
     from benchlib.metrics.calibration import calibration_for
     from benchlib.metrics.repeats import repeats_for, spread_warning
 
+    manifest = run_dir / MANIFEST_FILE
+    if manifest.is_file():  # the suite commit and versions the run was launched with
+        try:
+            data = json.loads(manifest.read_text())
+            result.source["suite_commit"] = data.get("suite_commit")
+            result.source["versions"] = data.get("versions_at_submit")
+        except (OSError, ValueError, AttributeError):
+            result.warnings.append(f"unreadable {MANIFEST_FILE}: the result carries no suite commit")
     result.calibration, warnings = calibration_for(run_dir, result.gpu_type)
     result.warnings.extend(warnings)
     result.repeats = repeats_for(run_dir, gpu=result.gpu_type, world_size=result.num_gpus, config=config, skip=skip)

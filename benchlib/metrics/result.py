@@ -21,7 +21,9 @@ from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, Run
 from benchlib.metrics.steady import TimeStats, select_window, time_stats
 
 SCHEMA_VERSION = 1
-LOAD_BALANCING_KEY = "load_balancing_loss"
+# Megatron's per-iteration load-balancing losses, one per --moe-router-load-balancing-type; a run
+# logs those its type names (seq_aux_loss also logs a plain one that stays 0).
+LOAD_BALANCING_KEYS = ("load_balancing_loss", "seq_load_balancing_loss", "global_load_balancing_loss")
 # Fewer kept iteration lines than this and the window's median is at the mercy of one slow step.
 MIN_WINDOW_LINES = 10
 WINDOW_WHY = ("per launch: drop the first line (start-up) and the first interval (it averages warm-up in), then the "
@@ -213,7 +215,8 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
     routing = None
     if cfg.get("num_experts") not in (None, "None"):
         routing = "forced" if cfg.get("moe_router_force_load_balancing") is True else "learned"
-    expert_load = _expert_load(parsed, set(id(r) for r in window_recs))
+    balance_key = load_balancing_key(parsed)
+    expert_load = _expert_load(parsed, balance_key, set(id(r) for r in window_recs))
     if stats and stats.n < MIN_WINDOW_LINES and not window.fallback:
         warnings.append(f"the steady window has {stats.n} iteration line(s), fewer than {MIN_WINDOW_LINES}: its median "
                         "moves with single slow steps; run more iterations (TRAIN_ITERS)")
@@ -238,7 +241,7 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         "iteration": r.iteration, "segment": r.segment, "elapsed_ms": r.elapsed_ms,
         "tflops_reported": r.tflops_reported, "lm_loss": r.losses.get(loss_key), "global_batch": r.global_batch,
         "timestamp": r.timestamp, "in_window": id(r) in kept,
-        "load_balancing_loss": r.losses.get(LOAD_BALANCING_KEY),
+        "load_balancing_loss": r.losses.get(balance_key) if balance_key else None,
     } for r in parsed.iterations]
 
     layout, layout_name = layout_of(cfg, ws)
@@ -282,16 +285,23 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
     )
 
 
-def _expert_load(parsed: ParsedLog, window_ids: set[int]) -> dict[str, Any] | None:
-    """Megatron 0.19 logs no per-expert token counts; its `load_balancing_loss` (the aux loss divided
+def load_balancing_key(parsed: ParsedLog) -> str | None:
+    """The load-balancing loss the run really logs (the first of LOAD_BALANCING_KEYS not always 0)."""
+    for key in LOAD_BALANCING_KEYS:
+        if any(r.losses.get(key) for r in parsed.iterations):
+            return key
+    return None
+
+
+def _expert_load(parsed: ParsedLog, key: str | None, window_ids: set[int]) -> dict[str, Any] | None:
+    """Megatron 0.19 logs no per-expert token counts; its load-balancing loss (the aux loss divided
     by its coefficient, averaged over MoE layers) is 1.0 for uniform routing and grows with imbalance."""
-    points = [(r.iteration, r.losses[LOAD_BALANCING_KEY], id(r) in window_ids) for r in parsed.iterations
-              if LOAD_BALANCING_KEY in r.losses]
-    if not points:
+    if key is None:
         return None
+    points = [(r.iteration, r.losses[key], id(r) in window_ids) for r in parsed.iterations if key in r.losses]
     in_window = [v for _, v, w in points if w]
     return {
-        "metric": LOAD_BALANCING_KEY,
+        "metric": key,
         "meaning": "Megatron's aux load-balancing loss / its coefficient, mean over MoE layers: 1.0 = uniform routing",
         "first": points[0][1], "first_iteration": points[0][0],
         "last": points[-1][1], "last_iteration": points[-1][0],

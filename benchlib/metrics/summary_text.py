@@ -22,7 +22,7 @@ def _expert_load(result: RunResult) -> str:
         return "-"
     window = "" if load["window_median"] is None else (
         f"; window {load['window_first']:.3f} -> {load['window_last']:.3f}, median {load['window_median']:.3f}")
-    return (f"load_balancing_loss {load['first']:.3f} (it {load['first_iteration']}) -> {load['last']:.3f} "
+    return (f"{load['metric']} {load['first']:.3f} (it {load['first_iteration']}) -> {load['last']:.3f} "
             f"(it {load['last_iteration']}){window} (1.0 = uniform)")
 
 
