@@ -65,10 +65,10 @@ def test_bus_bandwidth_follows_nccl_tests():
 
 def test_module_runs_on_cpu_and_records_why_it_skipped(tmp_path):
     """The real module, as the rendered script starts it; here there is no CUDA and no nvidia-smi."""
-    env = {**os.environ, "RANK": "3", "LOCAL_RANK": "3", "WORLD_SIZE": "4", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "benchlib.megatron.calibrate", "--out-dir", str(tmp_path)], env=env, check=True, timeout=300)
-    record = json.loads((tmp_path / "rank3.json").read_text())
-    assert record["rank"] == 3 and record["world_size"] == 4
+    record = json.loads((tmp_path / "rank0.json").read_text())
+    assert record["rank"] == 0 and record["world_size"] == 1 and record["skipped"]["collectives"] == "one rank"
     import torch
 
     if not torch.cuda.is_available():
@@ -77,6 +77,17 @@ def test_module_runs_on_cpu_and_records_why_it_skipped(tmp_path):
         assert record["skipped"]["nvidia_smi"] == "nvidia-smi not found"
     summary, warnings = judge([record], "H200")
     assert warnings == [] and summary["checks"] == []
+
+
+def test_a_failing_calibration_is_recorded_and_does_not_fail(tmp_path):
+    """Rank 3 of 4 with no rendezvous address: the collectives cannot start; the record says why, exit 0."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    env.update(RANK="3", LOCAL_RANK="3", WORLD_SIZE="4", PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "-m", "benchlib.megatron.calibrate", "--out-dir", str(tmp_path)], env=env, check=True, timeout=300)
+    record = json.loads((tmp_path / "rank3.json").read_text())
+    assert record["rank"] == 3 and "MASTER_ADDR" in record["error"]
+    _, warnings = judge([record], "H200")
+    assert warnings and warnings[0].startswith("calibration of rank 3") and "MASTER_ADDR" in warnings[0]
 
 
 def test_cuda_measurements():
@@ -140,3 +151,29 @@ def test_collect_puts_the_calibration_in_the_result(tmp_path):
     assert any("calibration of rank 1" in w and "unreadable rank1.json" in w for w in result.warnings)
     text = format_summary(result)
     assert "bf16 GEMM slowest rank 0: 500 TFLOP/s (65% of expected)" in text
+
+
+def test_collectives_of_several_ranks_under_torchrun(tmp_path):
+    """Two real ranks (torch.distributed.run, gloo on CPU: no GPU here) run the all-reduce and all-to-all,
+    each writes its record, and the parser gathers both with their bus bandwidths."""
+    from benchlib.metrics.calibration import calibration_for
+
+    out = tmp_path / "calibration"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+                    f"--master-port={_free_port()}", "-m", "benchlib.megatron.calibrate", "--out-dir", str(out)],
+                   env=env, check=True, timeout=300, capture_output=True)
+    summary, warnings = calibration_for(tmp_path, "H200")
+    assert [r["rank"] for r in summary["ranks"]] == [0, 1] and warnings == []
+    for coll in summary["collectives"]:
+        assert coll["world_size"] == 2 and coll["backend"] in ("gloo", "nccl")
+        assert coll["all_reduce_busbw_gbps"] > 0 and coll["all_to_all_busbw_gbps"] > 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -5,7 +5,8 @@ Per rank (one process per GPU, launched like the training step: torchrun or srun
 - a device-to-device copy of 2 GiB -> GB/s, counting bytes read + written;
 - nvidia-smi's view of the rank's GPU: SM/memory clocks (current and max), power limit and draw,
   temperature, uncorrected ECC errors and pending retired pages;
-- with more than one rank: NCCL all-reduce and all-to-all bus bandwidth (nccl-tests' definitions).
+- with more than one rank: NCCL all-reduce and all-to-all bus bandwidth (nccl-tests' definitions);
+  without CUDA the same collectives run over gloo on 1 MiB, so the path is exercised on CPU.
 
 It writes `<out dir>/rank<RANK>.json` and judges nothing: `benchlib.metrics.calibration` compares
 the records with the GPU table's expected values when the run is collected. Best effort: a part
@@ -31,6 +32,7 @@ COPY_BYTES = 2 * 1024**3
 COPY_REPS = 20
 COLLECTIVE_BYTES = 256 * 1024**2
 COLLECTIVE_REPS = 10
+CPU_COLLECTIVE_BYTES = 1024**2  # no GPU (tests, CPU clusters): the code path runs, on little data
 WARMUP_REPS = 3
 
 # nvidia-smi --query-gpu fields, in order; the keys they get in the record.
@@ -125,9 +127,14 @@ def bus_bandwidth_gbps(collective: str, nbytes: int, seconds: float, world: int)
 
 
 def _timed(torch, fn, reps: int) -> float:
-    """Seconds per call of fn on the current CUDA device, after warm-up."""
+    """Seconds per call of fn on the current CUDA device (CUDA events), or on the CPU, after warm-up."""
     for _ in range(WARMUP_REPS):
         fn()
+    if not torch.cuda.is_available():
+        start_s = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start_s) / reps
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -155,17 +162,18 @@ def copy_gbps(torch, nbytes: int = COPY_BYTES, reps: int = COPY_REPS) -> dict[st
     return {"gbps": 2 * nbytes / seconds / 1e9, "bytes": nbytes, "reps": reps, "counted": "read + write"}
 
 
-def collectives(torch, dist, world: int, nbytes: int = COLLECTIVE_BYTES, reps: int = COLLECTIVE_REPS) -> dict[str, Any]:
+def collectives(torch, dist, world: int, nbytes: int = COLLECTIVE_BYTES, reps: int = COLLECTIVE_REPS,
+                device: str = "cuda") -> dict[str, Any]:
     numel = nbytes // 2
     numel -= numel % world
-    buf = torch.ones(numel, device="cuda", dtype=torch.bfloat16)
+    buf = torch.ones(numel, device=device, dtype=torch.bfloat16)
     out = torch.empty_like(buf)
     dist.barrier()
     reduce_s = _timed(torch, lambda: dist.all_reduce(buf), reps)
     a2a_s = _timed(torch, lambda: dist.all_to_all_single(out, buf), reps)
     size = numel * 2
     return {
-        "world_size": world, "bytes": size, "reps": reps,
+        "world_size": world, "bytes": size, "reps": reps, "backend": dist.get_backend(),
         "all_reduce_busbw_gbps": bus_bandwidth_gbps("all_reduce", size, reduce_s, world),
         "all_to_all_busbw_gbps": bus_bandwidth_gbps("all_to_all", size, a2a_s, world),
     }
@@ -183,8 +191,12 @@ def calibrate() -> dict[str, Any]:
     record["torch_version"] = torch.__version__
     uuid = None
     if not torch.cuda.is_available():
-        for part in ("gemm", "copy", "collectives"):
+        for part in ("gemm", "copy"):
             record["skipped"][part] = "no CUDA device"
+        if world > 1:  # the same code over gloo, on small buffers: a CPU run's figures mean nothing
+            record["collectives"] = _run_collectives(torch, world, cuda=False)
+        else:
+            record["skipped"]["collectives"] = "one rank"
     else:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -208,16 +220,21 @@ def calibrate() -> dict[str, Any]:
     return record
 
 
-def _run_collectives(torch, world: int) -> dict[str, Any]:
+def _run_collectives(torch, world: int, *, cuda: bool = True) -> dict[str, Any]:
     import datetime
 
     import torch.distributed as dist
 
     # A short timeout: a rank that failed before this point must not hold the others for NCCL's default 10 min.
-    dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=120),
-                            device_id=torch.device("cuda", torch.cuda.current_device()))
+    timeout = datetime.timedelta(seconds=120)
+    if cuda:
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", torch.cuda.current_device()))
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
     try:
-        return collectives(torch, dist, world)
+        if cuda:
+            return collectives(torch, dist, world)
+        return collectives(torch, dist, world, nbytes=CPU_COLLECTIVE_BYTES, reps=3, device="cpu")
     finally:
         dist.destroy_process_group()
 
