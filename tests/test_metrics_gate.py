@@ -222,3 +222,13 @@ esac
     result = json.loads((run_dir / "result.json").read_text())
     assert result["repeats"]["n"] == 3 and result["repeats"]["stats"]["tflops_per_gpu"]["spread"] == 0.0
     assert result["segments"] == 3 and result["calibration"]["ranks"][0]["rank"] == 0
+
+
+def test_without_train_log_the_repeat_and_calibration_logs_are_not_read_as_the_run(tmp_path):
+    from benchlib.metrics.collect import run_logs
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in ("slurm-7.out", "calibration.log", "repeat-1.log", "repeat-12.log"):
+        (logs / name).write_text("x\n")
+    assert [p.name for p in run_logs(tmp_path)] == ["slurm-7.out"]

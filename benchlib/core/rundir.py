@@ -19,6 +19,7 @@ LOGS_DIR = "logs"
 TRAIN_LOG = "train.log"  # under LOGS_DIR: every rank's output, labelled
 RESULT_FILE = "result.json"  # the parsed result, written once the run ends
 CALIBRATION_DIR = "calibration"  # rank<N>.json per rank, written before training (benchlib.megatron.calibrate)
+CALIBRATION_LOG = "calibration.log"  # under LOGS_DIR: the calibration step's output
 REPEAT_LOG = "repeat-{n}.log"  # under LOGS_DIR with REPEATS>1: launch n (1-based) alone; train.log holds them all
 INCOMPLETE_MARKER = "INCOMPLETE"  # present while the run has not finished cleanly
 JOB_RECORD = "slurm_job.json"  # the Slurm job a submitted run belongs to

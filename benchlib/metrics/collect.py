@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import LOGS_DIR, MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
+from benchlib.core.rundir import CALIBRATION_LOG, LOGS_DIR, MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
 from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S
 
 
@@ -16,7 +16,11 @@ def run_logs(path: Path) -> list[Path]:
     main = logs_dir / TRAIN_LOG
     if main.is_file():
         return [main]
-    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err"))
+    from benchlib.metrics.repeats import is_repeat_log
+
+    # not the calibration's log, nor the repeats' own copies of what train.log holds
+    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err")
+                   and p.name != CALIBRATION_LOG and not is_repeat_log(p.name))
     if not found:
         raise BenchError(f"no log files in {logs_dir}", hint="was the run started? a run directory keeps its logs in logs/")
     return found

@@ -27,6 +27,10 @@ METRICS: dict[str, Callable[[Any], float | None]] = {
 }
 
 
+def is_repeat_log(name: str) -> bool:
+    return _REPEAT_RE.match(name) is not None
+
+
 def repeat_logs(run_dir: Path) -> list[tuple[int, Path]]:
     """(repeat number, log) of a run directory's repeat logs, in order; empty for a single run."""
     folder = Path(run_dir) / LOGS_DIR

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import jinja2
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import CALIBRATION_DIR, INCOMPLETE_MARKER, LOGS_DIR, REPEAT_LOG, RESULT_FILE, TRAIN_LOG
+from benchlib.core.rundir import CALIBRATION_DIR, CALIBRATION_LOG, INCOMPLETE_MARKER, LOGS_DIR, REPEAT_LOG, RESULT_FILE, TRAIN_LOG
 from benchlib.core.paths import SUITE_ROOT, TEMPLATE_DIR
 from benchlib.config.resolve import ResolvedRun
 from benchlib.core.secrets import assert_no_secrets
@@ -122,6 +122,7 @@ def _render(template: str, run: ResolvedRun, run_dir: Path, **extra: Any) -> str
         incomplete_marker=INCOMPLETE_MARKER,
         result_file=RESULT_FILE,
         calibration_dir=CALIBRATION_DIR,
+        calibration_log=f"{LOGS_DIR}/{CALIBRATION_LOG}",
         calibrate=run.knobs.CALIBRATE and train_entry(run) in ("driver", "pretrain_gpt"),
         repeat_log=f"{LOGS_DIR}/" + REPEAT_LOG.replace("{n}", "$REPEAT"),
         **extra,
