@@ -27,13 +27,14 @@ from typing import Any
 from benchlib.core.rundir import atomic_write_json
 
 GEMM_N = 8192
-GEMM_REPS = 20
+GEMM_REPS = 50
 COPY_BYTES = 2 * 1024**3
-COPY_REPS = 20
+COPY_REPS = 50
 COLLECTIVE_BYTES = 256 * 1024**2
 COLLECTIVE_REPS = 10
 CPU_COLLECTIVE_BYTES = 1024**2  # no GPU (tests, CPU clusters): the code path runs, on little data
 WARMUP_REPS = 3
+WARMUP_S = 0.5  # per measurement; a few seconds in all with the GPU's clock ramp from idle
 
 # nvidia-smi --query-gpu fields, in order; the keys they get in the record.
 SMI_FIELDS: tuple[tuple[str, str], ...] = (
@@ -126,10 +127,17 @@ def bus_bandwidth_gbps(collective: str, nbytes: int, seconds: float, world: int)
     return algbw * factor
 
 
-def _timed(torch, fn, reps: int) -> float:
-    """Seconds per call of fn on the current CUDA device (CUDA events), or on the CPU, after warm-up."""
-    for _ in range(WARMUP_REPS):
+def _timed(torch, fn, reps: int, warmup_s: float = WARMUP_S) -> float:
+    """Seconds per call of fn on the current CUDA device (CUDA events), or on the CPU, after warm-up:
+    at least WARMUP_REPS calls and `warmup_s` seconds, so an idle GPU has raised its clocks.
+    Collectives pass warmup_s=0: every rank must make the same number of calls."""
+    start_s = time.perf_counter()
+    calls = 0
+    while calls < WARMUP_REPS or time.perf_counter() - start_s < warmup_s:
         fn()
+        calls += 1
+        if calls % 8 == 0 and torch.cuda.is_available():
+            torch.cuda.synchronize()
     if not torch.cuda.is_available():
         start_s = time.perf_counter()
         for _ in range(reps):
@@ -169,8 +177,8 @@ def collectives(torch, dist, world: int, nbytes: int = COLLECTIVE_BYTES, reps: i
     buf = torch.ones(numel, device=device, dtype=torch.bfloat16)
     out = torch.empty_like(buf)
     dist.barrier()
-    reduce_s = _timed(torch, lambda: dist.all_reduce(buf), reps)
-    a2a_s = _timed(torch, lambda: dist.all_to_all_single(out, buf), reps)
+    reduce_s = _timed(torch, lambda: dist.all_reduce(buf), reps, warmup_s=0.0)
+    a2a_s = _timed(torch, lambda: dist.all_to_all_single(out, buf), reps, warmup_s=0.0)
     size = numel * 2
     return {
         "world_size": world, "bytes": size, "reps": reps, "backend": dist.get_backend(),
