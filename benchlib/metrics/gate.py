@@ -11,7 +11,8 @@ and suite commit it was made with), its steady-window numbers and its loss curve
 - the loss curve over the iterations both logged: the largest per-iteration relative difference
   above `loss_rtol`, or a Pearson correlation below `loss_min_corr`, fails.
 
-A run of another model, GPU type, GPU count, layout, precision or routing is refused (BenchError):
+A run of another model, GPU type, GPU count, layout, precision, routing or iteration count is
+refused (BenchError):
 it is not a regression, it is another benchmark. Versions that differ are shown, not refused: a
 changed version is what the gate is there to judge.
 """
@@ -33,9 +34,11 @@ BASELINE_KIND = "benchlib-baseline"
 BASELINE_VERSION = 1
 DEFAULT_STEP_TOL = 0.05
 DEFAULT_MEMORY_TOL = 0.05
-DEFAULT_LOSS_RTOL = 0.02
+# Equivalent kernels (the native spec with and without its fast ops) moved the DeepSeek-V2-Lite proxy's
+# loss by up to 2.2% in 15 iterations on one H200 (tests/fixtures/logs): a rerun must stay within 5%.
+DEFAULT_LOSS_RTOL = 0.05
 DEFAULT_LOSS_MIN_CORR = 0.95
-KEY_FIELDS = ("model", "gpu_type", "num_gpus", "layout_name", "precision", "routing")
+KEY_FIELDS = ("model", "gpu_type", "num_gpus", "layout_name", "precision", "routing", "train_iters")
 
 
 @dataclass
@@ -78,7 +81,7 @@ def baseline_from_result(result: RunResult, run_dir: Path | None = None, source:
     return {
         "kind": BASELINE_KIND,
         "version": BASELINE_VERSION,
-        "key": {name: getattr(result, name) for name in KEY_FIELDS},
+        "key": run_key(result),
         "layout": result.layout,
         "versions": versions,
         "suite_commit": manifest.get("suite_commit"),
@@ -172,9 +175,18 @@ def compare_loss(base_curve: list[list[float]], run_curve: list[list[float]], to
     return out
 
 
+def run_key(result: RunResult) -> dict[str, Any]:
+    """What makes two runs the same benchmark. TRAIN_ITERS is in it: the learning-rate schedule
+    (warm-up as a fraction of the iterations) and with it the loss curve depend on it."""
+    key = {name: getattr(result, name) for name in KEY_FIELDS if name != "train_iters"}
+    key["train_iters"] = result.config.get("train_iters")
+    return key
+
+
 def check_key(baseline: dict[str, Any], result: RunResult) -> None:
     key = baseline.get("key") or {}
-    differ = [(name, key.get(name), getattr(result, name)) for name in KEY_FIELDS if key.get(name) != getattr(result, name)]
+    mine = run_key(result)
+    differ = [(name, key.get(name), mine[name]) for name in KEY_FIELDS if key.get(name) != mine[name]]
     if differ:
         text = ", ".join(f"{name} {b!r} vs {r!r}" for name, b, r in differ)
         raise BenchError(f"the baseline is for another benchmark ({text})",
