@@ -186,3 +186,46 @@ def test_padded_vocab_from_vocab_size_like_megatron():
     a = num_floating_point_operations(cfg, 1)
     b = num_floating_point_operations({**cfg, "vocab_size": None, "padded_vocab_size": 1024}, 1)
     assert a == b and math.ceil(1000 / 256) * 256 == 1024
+
+
+def test_components_of_the_moe_mla_mtp_case_by_hand():
+    """The same paper model as above, split by part (per token, forward MACs):
+    attention 3 x (1356 + 80) = 4308; routed experts 2 MoE layers x 32 x 16 x 2 x 3 = 6144;
+    shared experts 2 x 32 x 8 x 3 = 1536; dense MLP 6144; output layer 4096; MTP norms + projection 2144.
+    """
+    from benchlib.metrics.flops import component_flops, component_shares
+
+    cfg = {"num_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "ffn_hidden_size": 64, "seq_length": 4,
+           "padded_vocab_size": 64, "swiglu": True, "num_experts": 4, "moe_layer_freq": [0, 1], "moe_router_topk": 2,
+           "moe_ffn_hidden_size": 16, "moe_shared_expert_intermediate_size": 8, "multi_latent_attention": True,
+           "q_lora_rank": 8, "kv_lora_rank": 4, "qk_head_dim": 8, "qk_pos_emb_head_dim": 4, "v_head_dim": 8,
+           "mtp_num_layers": 1}
+    per_token = {"attention": 4308, "routed_experts": 6144, "shared_experts": 1536, "dense_mlp": 6144, "router": 0,
+                 "output_layer": 4096, "mtp_other": 2144}
+    assert component_flops(cfg, 1) == {k: v * 4 * 6 for k, v in per_token.items()}
+    shares = component_shares(cfg)
+    assert shares["shares"]["output_layer"] == pytest.approx(4096 / 24372)
+    # the router (h x experts per MoE layer: 32 x 4 x 2 layers) is reported apart, not in the total
+    assert shares["router_if_counted"] == pytest.approx(32 * 4 * 2 / 24372)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_components_sum_to_the_total_for_every_shipped_model(model, clean_env):
+    """The breakdown the summary shows comes from the same formula as the total (and the MFU)."""
+    from benchlib.config.resolve import resolve_run
+    from benchlib.metrics.flops import COMPONENTS, component_flops, component_shares, pad_vocab
+
+    env = {**clean_env, "CLUSTER": "template", "MODEL": model, "OUTPUT_ROOT": "/runs"}
+    run = resolve_run([], env, mode="sbatch", stamp="20260101-000000")
+    cfg = dict(run.arch)
+    cfg.setdefault("seq_length", run.knobs.SEQ_LEN)
+    cfg["padded_vocab_size"] = pad_vocab(cfg["vocab_size"], cfg.get("make_vocab_size_divisible_by") or 128,
+                                         cfg.get("tensor_model_parallel_size") or 1)
+    gbs = run.knobs.GBS
+    parts = component_flops(cfg, gbs)
+    assert tuple(parts) == COMPONENTS
+    assert sum(parts.values()) == pytest.approx(num_floating_point_operations(cfg, gbs), rel=1e-12), model
+    shares = component_shares(cfg)["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-12)
+    assert shares["attention"] > 0 and shares["output_layer"] > 0
+    assert shares["routed_experts"] > 0, f"{model} is an MoE model: its routed experts must have a share"

@@ -181,6 +181,22 @@ def test_completed_log_gets_result_json(slurm_cluster: SlurmCluster) -> None:
     assert "result.json" in res.stdout
 
 
+def test_repeats_run_the_step_again_each_with_its_own_log(slurm_cluster: SlurmCluster) -> None:
+    """REPEATS=2: the job runs the step twice in its allocation; each launch has its own log, train.log
+    both, and result.json the across-run statistics."""
+    fixture = ROOT / "tests" / "fixtures" / "metrics" / "completed_srun.log"
+    cmd = f"bash -c '[ \"$RANK\" = 0 ] && sed -e \"s/^[0-9]*: //\" {fixture} || true'"
+    job_id, run_dir = launch(slurm_cluster, ENTRY="command", ENTRY_COMMAND=cmd, REPEATS="2", COMMENT="repeats")
+    row = slurm_cluster.wait_finished(job_id, timeout=120)
+    assert (row["State"], row["ExitCode"]) == ("COMPLETED", "0:0")
+    logs = run_dir / "logs"
+    assert (logs / "repeat-1.log").read_text() == (logs / "repeat-2.log").read_text() != ""
+    assert (logs / "train.log").read_text().count("[after training is done]") == 2
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["segments"] == 2 and result["repeats"]["n"] == 2 and result["repeats"]["completed"] == 2
+    assert "launch 2 of 2 (REPEATS)" in (logs / f"slurm-{job_id}.out").read_text()
+
+
 def test_megatron_early_exit_is_not_a_finished_run(slurm_cluster: SlurmCluster) -> None:
     """Megatron exits 0 when --exit-duration-in-mins stops it: the job must not look finished."""
     fixture = ROOT / "tests" / "fixtures" / "metrics" / "exit_duration.log"

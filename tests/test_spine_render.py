@@ -66,8 +66,10 @@ def test_interactive_script_passes_hostile_values_verbatim(tmp_path, clean_env):
     argv_out = tmp_path / "argv.json"
     proc = subprocess.run(["bash", str(script)], env={**env, "ARGV_OUT": str(argv_out)}, cwd=tmp_path, capture_output=True, text=True)
     calls = [json.loads(line) for line in argv_out.read_text().splitlines()]
-    recorded = calls[0]  # the training launch; the second call is `benchlib collect`
-    assert calls[1][:3] == ["-m", "benchlib", "collect"]
+    # the GPU calibration (CALIBRATE=1 by default), the training launch, then `benchlib collect`
+    calibration, recorded = calls[0], calls[1]
+    assert calibration[:2] == ["-m", "torch.distributed.run"] and "benchlib.megatron.calibrate" in calibration
+    assert calls[2][:3] == ["-m", "benchlib", "collect"]
     assert recorded[:2] == ["-m", "torch.distributed.run"]
     i = recorded.index("benchlib.megatron.driver")
     assert recorded[i + 1 :] == run.megatron_args

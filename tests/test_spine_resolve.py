@@ -302,3 +302,16 @@ def test_fast_ops_knob_reaches_the_native_ranks_and_the_memory_check(clean_env):
     assert 2 * logits < extra <= 4 * logits
     te = resolve({**base, "BACKEND": "te", "FAST_OPS": "0"}, "CLUSTER=template")
     assert "FAST_OPS" not in te.env  # no effect outside the native spec
+
+
+def test_routing_manual_gc_and_repeats_knobs(clean_env):
+    env = {**clean_env, "MODEL": "Qwen3-30B-A3B-Proxy"}
+    default = resolve(env, "CLUSTER=template")
+    assert "--moe-router-force-load-balancing" not in default.flags
+    assert default.flags["--manual-gc"] is True and default.flags["--manual-gc-interval"] == "100"
+    forced = resolve({**env, "ROUTING": "forced", "MANUAL_GC": "0"}, "CLUSTER=template")
+    assert forced.flags["--moe-router-force-load-balancing"] is True and "--manual-gc" not in forced.flags
+    with pytest.raises(BenchError, match="ROUTING='balanced'.*not one of: learned, forced"):
+        resolve({**env, "ROUTING": "balanced"}, "CLUSTER=template")
+    with pytest.raises(BenchError, match="REPEATS=0.*below 1"):
+        resolve({**env, "REPEATS": "0"}, "CLUSTER=template")

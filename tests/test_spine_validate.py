@@ -49,3 +49,11 @@ def test_megatron_refusal_is_reported_with_its_message(clean_env):
 def test_unknown_megatron_flag_is_refused(clean_env):
     proc = _validate({**clean_env, "MODEL": MODELS[0]}, "CLUSTER=template", "--no-such-megatron-flag")
     assert proc.returncode == 2 and "unrecognized arguments: --no-such-megatron-flag" in proc.stderr
+
+
+@pytest.mark.megatron
+def test_megatron_accepts_forced_routing_and_manual_gc(clean_env):
+    """ROUTING=forced and MANUAL_GC=1 render flags Megatron-Core 0.19.2 knows (and validates)."""
+    model = PROXIES[0] if PROXIES else MODELS[0]
+    proc = _validate({**clean_env, "MODEL": model, "ROUTING": "forced", "MANUAL_GC": "1"}, "CLUSTER=template")
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -38,6 +38,8 @@ LAYOUT_OVERRIDE_FLAGS = (
 # Benchmarks train only (--eval-iters 0): all documents go to training. A split with weight but
 # no document makes Megatron-Core 0.19.2 loop forever building it (small corpora).
 RUN_SPLIT = "100,0,0"
+# Steps between manual garbage collections (Megatron-Bridge's performance recipes use 100).
+MANUAL_GC_INTERVAL = 100
 
 
 def _precision_flags(k: Knobs) -> FlagList:
@@ -50,6 +52,8 @@ def _moe_flags(k: Knobs, model_flags: dict[str, Any], backend: str) -> FlagList:
     out = list(DISPATCHER_FLAGS[k.DISPATCHER])
     if k.MOE_GROUPED_GEMM:
         out.append(("--moe-grouped-gemm", True))
+    if k.ROUTING == "forced":
+        out.append(("--moe-router-force-load-balancing", True))
     if k.A2A_OVERLAP:
         out.append(("--overlap-moe-expert-parallel-comm", True))
         # delaying the expert weight gradients (more overlap) needs TE's grouped linear
@@ -124,6 +128,8 @@ def _training_flags(k: Knobs, run_dir: str) -> FlagList:
         ("--eval-iters", 0),
         ("--exit-signal-handler", True),
     ]
+    if k.MANUAL_GC:
+        out += [("--manual-gc", True), ("--manual-gc-interval", MANUAL_GC_INTERVAL)]
     if k.PROFILE != "0":
         start, _, end = k.PROFILE_STEPS.partition(":")
         if not (start.isdigit() and end.isdigit() and int(start) < int(end)):

@@ -64,6 +64,34 @@ class Knobs:
         "Megatron's unfused functions; 0 = Megatron's own, to compare. No effect on te or local.",
         True,
     )
+    ROUTING: str = knob(
+        "MoE routing: learned (the router trains, expert load drifts with the iteration count on mock data) or "
+        "forced (--moe-router-force-load-balancing: balanced random routing, as NVIDIA's published figures). "
+        "Recorded in every result.",
+        "learned",
+        ("learned", "forced"),
+    )
+    # --- measurement ---------------------------------------------------------------
+    REPEATS: int = knob(
+        "Launches of the same run in one allocation (1 or more), one after another with the same seed; each has its "
+        "own log (logs/repeat-N.log, all of them also in logs/train.log) and the result gains across-run statistics.",
+        1,
+    )
+    CALIBRATE: bool = knob(
+        "Before training, every rank measures its GPU (bf16 GEMM, HBM copy, nvidia-smi clocks/power/ECC; NCCL "
+        "all-reduce/all-to-all with more than one GPU) into calibration/; the result warns about a slow GPU.",
+        True,
+    )
+    MANUAL_GC: bool = knob(
+        "Megatron's --manual-gc with --manual-gc-interval 100: Python's garbage collector runs at the same step on "
+        "every rank instead of whenever it likes (a source of step-time jitter).",
+        True,
+    )
+    BASELINE: str = knob(
+        "A recorded baseline (JSON file or run directory): after collect, `benchlib check` compares the run with it "
+        "and the launch fails on a regression. Empty = no check.",
+        "",
+    )
     # --- data and checkpoints ------------------------------------------------------
     DATA: str = knob("mock (synthetic tokens) or real (the cluster's DATA_PATH and TOKENIZER_MODEL).", "mock", ("mock", "real"))
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)

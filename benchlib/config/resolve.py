@@ -218,6 +218,13 @@ def resolve_run(
     if knobs.ENTRY == "pretrain_gpt" and not cluster.MEGATRON_PATH:
         raise BenchError("ENTRY=pretrain_gpt needs MEGATRON_PATH", hint="set MEGATRON_PATH in the cluster conf, or use ENTRY=driver")
 
+    if knobs.BASELINE:
+        baseline = Path(knobs.BASELINE).expanduser().resolve()
+        if not baseline.exists():
+            raise BenchError(f"BASELINE={knobs.BASELINE}: no such file or run directory",
+                             hint="record one with `benchlib check --record-baseline RUN --out FILE`, or leave BASELINE empty")
+        knobs = dataclasses.replace(knobs, BASELINE=str(baseline))  # the job may run in another directory
+
     extra_flags = set(extra_dict)
     backend = choose_backend(knobs, cluster)
     refuse_unsupported(backend, knobs, model_flags, extra_flags)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchlib.core.errors import BenchError
 from benchlib.core.rundir import RESULT_FILE
-from benchlib.metrics.collect import load_config, result_for, run_logs, run_dir_config
+from benchlib.metrics.collect import add_run_dir_parts, load_config, result_for, run_logs, run_dir_config
 from benchlib.metrics.peaks import GPU_TYPES
 from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, EXIT_CODES, STATUSES
 from benchlib.metrics.steady import DEFAULT_MIN_SKIP, DEFAULT_SKIP_FRACTION
@@ -40,6 +40,25 @@ def register(subparsers) -> None:
     c.add_argument("--out", type=Path, default=Path("compare"), help="output prefix for .csv and .png (default ./compare)")
     c.add_argument("--no-plot", action="store_true")
     c.set_defaults(func=cmd_compare)
+
+    from benchlib.metrics import gate as G
+
+    g = subparsers.add_parser(
+        "check", help="regression gate: a run against a recorded baseline (or record one)",
+        description="Compare RUN (run directory, log or result JSON) with a baseline: step time and tokens/s over the steady "
+                    "window, peak memory and the loss curve. Prints a verdict table; exit 0 = pass, 1 = regression, "
+                    "2 = bad input (e.g. a baseline of another model or layout). `--record-baseline RUN --out FILE` "
+                    "writes a baseline instead.")
+    g.add_argument("run", nargs="?", metavar="RUN")
+    g.add_argument("--baseline", metavar="B", help="a baseline JSON, or a run directory / result.json to compare with")
+    g.add_argument("--record-baseline", metavar="RUN", help="record RUN as a baseline (with --out)")
+    g.add_argument("--out", type=Path, help="where --record-baseline writes (e.g. bench/baselines/<name>.json)")
+    g.add_argument("--gpu", type=str.upper, help="GPU type for runs given as bare logs")
+    g.add_argument("--step-tol", type=float, default=G.DEFAULT_STEP_TOL, help="step time and tokens/s tolerance (fraction, default %(default)s)")
+    g.add_argument("--memory-tol", type=float, default=G.DEFAULT_MEMORY_TOL, help="peak memory tolerance (fraction, default %(default)s)")
+    g.add_argument("--loss-rtol", type=float, default=G.DEFAULT_LOSS_RTOL, help="largest per-iteration relative loss difference (default %(default)s)")
+    g.add_argument("--loss-min-corr", type=float, default=G.DEFAULT_LOSS_MIN_CORR, help="lowest loss-curve correlation (default %(default)s)")
+    g.set_defaults(func=cmd_check)
 
     w = subparsers.add_parser("push", help="push runs to WandB (offline without WANDB_API_KEY)",
                               description="Log config, per-iteration series and summary of each run to WandB: group = model, "
@@ -90,6 +109,8 @@ def cmd_parse(args: argparse.Namespace) -> int:
     parsed = parse_log(logs)
     result = summarize(parsed, args.gpu, world_size=args.world_size, config=config, skip=args.skip,
                        hang_factor=args.hang_factor, hang_min_s=args.hang_min_s)
+    if run_dir is not None:
+        add_run_dir_parts(result, run_dir, config=config, skip=args.skip)
     out = args.out or (run_dir / RESULT_FILE if run_dir else None)
     if out is not None:
         write_result(result, out)
@@ -135,3 +156,27 @@ def cmd_wandb_follow(args: argparse.Namespace) -> int:
     from benchlib.metrics.wandb_follow import cmd_wandb_follow as follow
 
     return follow(args)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from benchlib.metrics import gate as G
+
+    if args.record_baseline:
+        if args.run or args.baseline:
+            raise BenchError("--record-baseline takes the run itself, without RUN or --baseline",
+                             hint="benchlib check --record-baseline RUN --out FILE")
+        if not args.out:
+            raise BenchError("--record-baseline needs --out FILE", hint="e.g. --out bench/baselines/h200x1_qwen3-30b-a3b-proxy.json")
+        result, run_dir = result_for(args.record_baseline, gpu=args.gpu)
+        G.record_baseline(result, run_dir, args.out, source=args.record_baseline)
+        print(f"baseline: {args.out}")
+        return 0
+    if not args.run or not args.baseline:
+        raise BenchError("check needs RUN and --baseline B", hint="benchlib check RUN --baseline bench/baselines/<name>.json")
+    baseline = G.load_baseline(args.baseline)
+    result, run_dir = result_for(args.run, gpu=args.gpu or (baseline.get("key") or {}).get("gpu_type"))
+    tol = G.Tolerances(step=args.step_tol, memory=args.memory_tol, loss_rtol=args.loss_rtol, loss_min_corr=args.loss_min_corr)
+    verdicts = G.gate(result, baseline, tol)
+    run_versions = (G.run_manifest(run_dir).get("versions_at_submit") or None) if run_dir else None
+    print(G.format_verdicts(verdicts, baseline, run_versions))
+    return 0 if G.passed(verdicts) else 1

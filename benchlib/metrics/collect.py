@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import LOGS_DIR, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
+from benchlib.core.rundir import CALIBRATION_LOG, LOGS_DIR, MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
 from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S
 
 
@@ -16,7 +16,11 @@ def run_logs(path: Path) -> list[Path]:
     main = logs_dir / TRAIN_LOG
     if main.is_file():
         return [main]
-    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err"))
+    from benchlib.metrics.repeats import is_repeat_log
+
+    # not the calibration's log, nor the repeats' own copies of what train.log holds
+    found = sorted(p for p in logs_dir.iterdir() if p.is_file() and p.suffix in (".log", ".out", ".err")
+                   and p.name != CALIBRATION_LOG and not is_repeat_log(p.name))
     if not found:
         raise BenchError(f"no log files in {logs_dir}", hint="was the run started? a run directory keeps its logs in logs/")
     return found
@@ -53,8 +57,32 @@ def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = Non
     else:
         raise BenchError(f"not found: {arg}", hint="give a result JSON, a log file or a run directory")
     parsed = parse_log(logs)
-    return summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
-                     hang_factor=hang_factor, hang_min_s=hang_min_s), run_dir
+    result = summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
+                       hang_factor=hang_factor, hang_min_s=hang_min_s)
+    if run_dir is not None:
+        add_run_dir_parts(result, run_dir, config=config, skip=skip)
+    return result, run_dir
+
+
+def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int | None = None) -> None:
+    """What only a run directory has: the GPU calibration and the repeat logs (REPEATS>1)."""
+    from benchlib.metrics.calibration import calibration_for
+    from benchlib.metrics.repeats import repeats_for, spread_warning
+
+    manifest = run_dir / MANIFEST_FILE
+    if manifest.is_file():  # the suite commit and versions the run was launched with
+        try:
+            data = json.loads(manifest.read_text())
+            result.source["suite_commit"] = data.get("suite_commit")
+            result.source["versions"] = data.get("versions_at_submit")
+        except (OSError, ValueError, AttributeError):
+            result.warnings.append(f"unreadable {MANIFEST_FILE}: the result carries no suite commit")
+    result.calibration, warnings = calibration_for(run_dir, result.gpu_type)
+    result.warnings.extend(warnings)
+    result.repeats = repeats_for(run_dir, gpu=result.gpu_type, world_size=result.num_gpus, config=config, skip=skip)
+    warning = spread_warning(result.repeats)
+    if warning:
+        result.warnings.append(warning)
 
 
 def run_dir_config(run_dir: Path) -> dict | None:

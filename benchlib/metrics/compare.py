@@ -9,6 +9,20 @@ from typing import Any
 from benchlib.core.rundir import atomic_write
 from benchlib.metrics.result import RunResult
 
+
+def _rep(r: RunResult, key: str) -> Any:
+    return ((r.repeats or {}).get("stats", {}).get("tflops_per_gpu") or {}).get(key)
+
+
+def _share(r: RunResult, part: str) -> float | None:
+    share = ((r.flops_by_component or {}).get("shares") or {}).get(part)
+    return None if share is None else share * 100
+
+
+def _calib(r: RunResult, metric: str) -> float | None:
+    return ((r.calibration or {}).get("slowest", {}).get(metric) or {}).get("measured")
+
+
 # (label, getter) for the metrics rows; deltas are computed for numbers.
 METRICS: tuple[tuple[str, Any], ...] = (
     ("status", lambda r: r.status),
@@ -26,6 +40,20 @@ METRICS: tuple[tuple[str, Any], ...] = (
     ("MFU (%)", lambda r: None if r.mfu is None else r.mfu * 100),
     ("max allocated (MB)", lambda r: r.peak_memory_mb.get("max_allocated")),
     ("max reserved (MB)", lambda r: r.peak_memory_mb.get("max_reserved")),
+    ("routing", lambda r: r.routing),
+    ("load_balancing_loss window median", lambda r: (r.expert_load or {}).get("window_median")),
+    ("output layer FLOPs (%)", lambda r: _share(r, "output_layer")),
+    ("repeats", lambda r: (r.repeats or {}).get("n")),
+    ("repeats TFLOP/s median", lambda r: _rep(r, "median")),
+    ("repeats TFLOP/s min", lambda r: _rep(r, "min")),
+    ("repeats TFLOP/s max", lambda r: _rep(r, "max")),
+    ("repeats TFLOP/s olympic mean", lambda r: _rep(r, "olympic_mean")),
+    ("repeats cv (%)", lambda r: None if _rep(r, "cv") is None else _rep(r, "cv") * 100),
+    ("repeats spread (%)", lambda r: None if _rep(r, "spread") is None else _rep(r, "spread") * 100),
+    ("repeats steady cv (%)", lambda r: None if not r.repeats else
+     " ".join(f"{run['steady_cv'] * 100:.1f}" for run in r.repeats["runs"] if run["steady_cv"] is not None)),
+    ("calibration GEMM min (TFLOP/s)", lambda r: _calib(r, "bf16 GEMM")),
+    ("calibration HBM copy min (GB/s)", lambda r: _calib(r, "HBM copy")),
     ("loss first", lambda r: r.loss.get("first")),
     ("loss last", lambda r: r.loss.get("last")),
 )

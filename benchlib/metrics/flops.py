@@ -58,6 +58,9 @@ class FlopsBreakdown:
     moe: float
     mtp_extra: float
     logits: float
+    moe_routed: float = 0.0  # the two parts of `moe`
+    moe_shared: float = 0.0
+    router_uncounted: float = 0.0  # the router GEMM (h x experts): not in Megatron's figure, so not in the total
 
     def total_macs_per_token(self, seq_length: int) -> float:
         return (self.attention_linear + self.mlp_dense + self.moe + self.mtp_extra + self.logits
@@ -177,7 +180,8 @@ def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
         routed = h * moe_ffn * topk * gemms_per_mlp
     else:  # experts run in a latent space, with a projection down and up
         routed = latent * moe_ffn * topk * gemms_per_mlp + 2 * latent * h
-    moe_per_layer = routed + h * shared * gemms_per_mlp
+    shared_macs = h * shared * gemms_per_mlp
+    moe_per_layer = routed + shared_macs
 
     vocab = _padded_vocab(cfg)
     return FlopsBreakdown(
@@ -188,7 +192,49 @@ def breakdown(cfg: Mapping[str, Any]) -> FlopsBreakdown:
         # each MTP block: embedding/hidden norms (counted as 3h) and the 2h -> h projection
         mtp_extra=mtp * (3 * h + 2 * h * h),
         logits=h * vocab * (1 + mtp),
+        moe_routed=routed * moe_layers,
+        moe_shared=shared_macs * moe_layers,
+        router_uncounted=h * (num_experts or 0) * moe_layers,
     )
+
+
+# The parts the summary names, in this order; "router" is 0 in the total (Megatron does not count it).
+COMPONENTS = ("attention", "routed_experts", "shared_experts", "dense_mlp", "router", "output_layer", "mtp_other")
+
+
+def component_flops(cfg: Mapping[str, Any], batch_size: int) -> dict[str, float]:
+    """Model FLOPs of one iteration per part, from the same breakdown as `num_floating_point_operations`:
+    the values sum to it. MTP blocks' attention and MLPs count under attention / experts / dense MLP,
+    their extra norms and projection under mtp_other, their output layers under output_layer."""
+    parts = breakdown(cfg)
+    seq = _int(cfg, "seq_length")
+    if not seq:
+        raise BenchError("FLOPs model needs seq_length", hint="pass --seq-length in the config")
+    scale = FWD_BWD * FLOPS_PER_MAC * batch_size * seq
+    return {
+        "attention": scale * (parts.attention_linear + parts.attention_core * seq),
+        "routed_experts": scale * parts.moe_routed,
+        "shared_experts": scale * parts.moe_shared,
+        "dense_mlp": scale * parts.mlp_dense,
+        "router": 0.0,
+        "output_layer": scale * parts.logits,
+        "mtp_other": scale * parts.mtp_extra,
+    }
+
+
+def component_shares(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Each part's share of the model FLOPs (fractions summing to 1), and what the uncounted router would add."""
+    flops = component_flops(cfg, 1)
+    total = sum(flops.values())
+    seq = _int(cfg, "seq_length") or 0
+    router = FWD_BWD * FLOPS_PER_MAC * seq * breakdown(cfg).router_uncounted
+    return {
+        "shares": {k: (v / total if total else 0.0) for k, v in flops.items()},
+        "flops_per_sequence": flops,
+        "router_if_counted": router / total if total else 0.0,
+        "note": "shares of Megatron's model FLOPs (the MFU numerator); the router GEMM is not counted there: "
+                "router_if_counted is what it would add",
+    }
 
 
 def num_floating_point_operations(cfg: Mapping[str, Any], batch_size: int) -> float:

@@ -21,6 +21,14 @@ from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, Run
 from benchlib.metrics.steady import TimeStats, select_window, time_stats
 
 SCHEMA_VERSION = 1
+# Megatron's per-iteration load-balancing losses, one per --moe-router-load-balancing-type; a run
+# logs those its type names (seq_aux_loss also logs a plain one that stays 0).
+LOAD_BALANCING_KEYS = ("load_balancing_loss", "seq_load_balancing_loss", "global_load_balancing_loss")
+# Fewer kept iteration lines than this and the window's median is at the mercy of one slow step.
+MIN_WINDOW_LINES = 10
+WINDOW_WHY = ("per launch: drop the first line (start-up) and the first interval (it averages warm-up in), then the "
+              "first max(3, 10%) iterations and any interval with an eval or save; with learned routing the expert "
+              "load still drifts inside the window (see expert_load), with ROUTING=forced it does not")
 ENERGY_KEY = "energy per GPU (J/iter/GPU)"
 POWER_KEY = "power per GPU (W/GPU)"
 
@@ -55,6 +63,12 @@ class RunResult:
     config: dict[str, Any]
     source: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    # Added with issue 16 (absent in older result files, which still load):
+    routing: str | None = None  # "learned" | "forced" (--moe-router-force-load-balancing); None: no MoE
+    expert_load: dict[str, Any] | None = None  # Megatron's load_balancing_loss over the run (1.0 = uniform)
+    flops_by_component: dict[str, Any] | None = None  # share of model FLOPs per part (benchlib.metrics.flops)
+    calibration: dict[str, Any] | None = None  # the GPU calibration before training (benchlib.metrics.calibration)
+    repeats: dict[str, Any] | None = None  # REPEATS>1: across-run statistics (benchlib.metrics.repeats)
 
     def to_json(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -198,6 +212,21 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         "max_reserved": max((v["max_reserved"] for v in per_rank.values()), default=None),
     }
 
+    routing = None
+    if cfg.get("num_experts") not in (None, "None"):
+        routing = "forced" if cfg.get("moe_router_force_load_balancing") is True else "learned"
+    balance_key = load_balancing_key(parsed)
+    expert_load = _expert_load(parsed, balance_key, set(id(r) for r in window_recs))
+    if stats and stats.n < MIN_WINDOW_LINES and not window.fallback:
+        warnings.append(f"the steady window has {stats.n} iteration line(s), fewer than {MIN_WINDOW_LINES}: its median "
+                        "moves with single slow steps; run more iterations (TRAIN_ITERS)")
+    flops_parts = None
+    if model_flops is not None:
+        try:
+            flops_parts = flops_mod.component_shares(cfg)
+        except BenchError as err:
+            warnings.append(f"FLOPs by component: {err.message}")
+
     loss_key = "lm loss"
     with_loss = [r for r in parsed.iterations if loss_key in r.losses]
     loss = {
@@ -212,6 +241,7 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         "iteration": r.iteration, "segment": r.segment, "elapsed_ms": r.elapsed_ms,
         "tflops_reported": r.tflops_reported, "lm_loss": r.losses.get(loss_key), "global_batch": r.global_batch,
         "timestamp": r.timestamp, "in_window": id(r) in kept,
+        "load_balancing_loss": r.losses.get(balance_key) if balance_key else None,
     } for r in parsed.iterations]
 
     layout, layout_name = layout_of(cfg, ws)
@@ -229,7 +259,8 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         status_evidence=status.evidence,
         status_detail=status.detail,
         exit_code=status.exit_code,
-        steady_window={**window.to_json(), "description": window.describe()},
+        steady_window={**window.to_json(), "description": window.describe(), "why": WINDOW_WHY,
+                       "enough": bool(stats and stats.n >= MIN_WINDOW_LINES and not window.fallback)},
         iteration_time_ms=stats.to_json() if stats else None,
         tokens_per_s_per_gpu=tokens_per_s,
         tflops_per_gpu_reported=reported,
@@ -248,7 +279,36 @@ def summarize(parsed: ParsedLog, gpu_type: str | None = None, *, world_size: int
         source={"logs": parsed.paths, "bytes": parsed.total_bytes, "benchlib_version": __version__,
                 "parsed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
         warnings=warnings,
+        routing=routing,
+        expert_load=expert_load,
+        flops_by_component=flops_parts,
     )
+
+
+def load_balancing_key(parsed: ParsedLog) -> str | None:
+    """The load-balancing loss the run really logs (the first of LOAD_BALANCING_KEYS not always 0)."""
+    for key in LOAD_BALANCING_KEYS:
+        if any(r.losses.get(key) for r in parsed.iterations):
+            return key
+    return None
+
+
+def _expert_load(parsed: ParsedLog, key: str | None, window_ids: set[int]) -> dict[str, Any] | None:
+    """Megatron 0.19 logs no per-expert token counts; its load-balancing loss (the aux loss divided
+    by its coefficient, averaged over MoE layers) is 1.0 for uniform routing and grows with imbalance."""
+    if key is None:
+        return None
+    points = [(r.iteration, r.losses[key], id(r) in window_ids) for r in parsed.iterations if key in r.losses]
+    in_window = [v for _, v, w in points if w]
+    return {
+        "metric": key,
+        "meaning": "Megatron's aux load-balancing loss / its coefficient, mean over MoE layers: 1.0 = uniform routing",
+        "first": points[0][1], "first_iteration": points[0][0],
+        "last": points[-1][1], "last_iteration": points[-1][0],
+        "window_first": in_window[0] if in_window else None,
+        "window_last": in_window[-1] if in_window else None,
+        "window_median": _median(in_window),
+    }
 
 
 def write_result(result: RunResult, path: Path | str) -> Path:

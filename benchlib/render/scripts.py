@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import jinja2
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import INCOMPLETE_MARKER, LOGS_DIR, RESULT_FILE, TRAIN_LOG, WANDB_LOG, WANDB_STOP_FILE
+from benchlib.core.rundir import CALIBRATION_DIR, CALIBRATION_LOG, INCOMPLETE_MARKER, LOGS_DIR, REPEAT_LOG, RESULT_FILE, TRAIN_LOG, WANDB_LOG, WANDB_STOP_FILE
 from benchlib.core.paths import SUITE_ROOT, TEMPLATE_DIR
 from benchlib.config.resolve import ResolvedRun
 from benchlib.core.secrets import assert_no_secrets
@@ -59,12 +59,17 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def train_entry(run: ResolvedRun) -> str:
+    """The ENTRY knob with auto decided."""
+    if run.knobs.ENTRY == "auto":
+        return "pretrain_gpt" if run.cluster.MEGATRON_PATH else "driver"
+    return run.knobs.ENTRY
+
+
 def train_command(run: ResolvedRun) -> list[str]:
     """What each rank executes (after the launcher: srun task or torchrun)."""
     k, c = run.knobs, run.cluster
-    entry = k.ENTRY
-    if entry == "auto":
-        entry = "pretrain_gpt" if c.MEGATRON_PATH else "driver"
+    entry = train_entry(run)
     if entry == "driver":
         return [c.PYTHON, "-m", "benchlib.megatron.driver", *run.megatron_args]
     if entry == "pretrain_gpt":
@@ -118,6 +123,10 @@ def _render(template: str, run: ResolvedRun, run_dir: Path, **extra: Any) -> str
         result_file=RESULT_FILE,
         wandb_stop_file=WANDB_STOP_FILE,
         wandb_log=WANDB_LOG,
+        calibration_dir=CALIBRATION_DIR,
+        calibration_log=f"{LOGS_DIR}/{CALIBRATION_LOG}",
+        calibrate=run.knobs.CALIBRATE and train_entry(run) in ("driver", "pretrain_gpt"),
+        repeat_log=f"{LOGS_DIR}/" + REPEAT_LOG.replace("{n}", "$REPEAT"),
         **extra,
     )
     assert_no_secrets(text, f"the rendered {template}")

@@ -21,6 +21,17 @@ MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | he
 export MASTER_ADDR
 LAUNCHER=(srun --nodes=16 --ntasks-per-node=1 --label bash -c 'export PET_NODE_RANK=$SLURM_NODEID; exec "$@"' node)
 
+# GPU calibration (CALIBRATE=0 turns it off): every rank measures its GPU into calibration/ (seconds).
+# Best effort: a failure is noted and training goes on. Its own port: the training rendezvous follows.
+"${LAUNCHER[@]}" python3 -m torch.distributed.run \
+  --nnodes=16 --nproc-per-node=8 \
+  --master-addr="$MASTER_ADDR" --master-port=29501 \
+  -m benchlib.megatron.calibrate --out-dir "$RUN_DIR/calibration" \
+  > "$RUN_DIR/logs/calibration.log" 2>&1 || echo "calibration failed (see $RUN_DIR/logs/calibration.log); training goes on"
+
+status=0
+for REPEAT in $(seq 1 1); do  # (body not indented: it is the one launch)
+echo "[bench] launch $REPEAT of 1 (REPEATS)"
 set +e
 "${LAUNCHER[@]}" python3 -m torch.distributed.run \
   --nnodes=16 --nproc-per-node=8 \
@@ -86,9 +97,13 @@ set +e
     --log-throughput \
     --eval-iters 0 \
     --exit-signal-handler \
+    --manual-gc \
+    --manual-gc-interval 100 \
   2>&1 | tee -a "$LOG"
 status=${PIPESTATUS[0]}
 set -e
+[ "$status" -eq 0 ] || break  # a failed launch ends the repeats
+done
 
 if [ "$status" -eq 0 ]; then
   rm -f "$RUN_DIR/INCOMPLETE"

@@ -72,6 +72,17 @@ trap on_time_limit USR1
 trap on_terminate TERM INT
 
 note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s), master $MASTER_ADDR:$MASTER_PORT, log $LOG"
+# GPU calibration (CALIBRATE=0 turns it off): every rank measures its GPU into calibration/ (seconds).
+# Best effort: a failure is noted and training goes on. Its own port: the training rendezvous follows.
+note "calibrating the GPUs into $RUN_DIR/calibration"
+# shellcheck disable=SC2016
+srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
+  bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS MASTER_PORT=$((MASTER_PORT + 1)); exec "$@"' task \
+  "$PYTHON" -m benchlib.megatron.calibrate --out-dir "$RUN_DIR/calibration" \
+  > "$RUN_DIR/logs/calibration.log" 2>&1 || note "calibration failed (see logs/calibration.log); training goes on"
+status=0
+for REPEAT in $(seq 1 1); do  # (body not indented: it is the one step)
+note "launch $REPEAT of 1 (REPEATS)"
 # The step's pipeline runs in the background so the traps above run while it does (bash runs a
 # trap only after a foreground pipeline ends). With pipefail its status is srun's, i.e. training's.
 # shellcheck disable=SC2016  # $SLURM_PROCID etc. expand in each task, not here
@@ -139,13 +150,16 @@ note "job ${SLURM_JOB_ID:-?}: $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s
       --log-throughput \
       --eval-iters 0 \
       --exit-signal-handler \
+      --manual-gc \
+      --manual-gc-interval 100 \
     2>&1 | tee -a "$LOG"
 ) &
 STEP_PID=$!
-status=0
 while :; do
   wait "$STEP_PID" && status=0 || status=$?
   kill -0 "$STEP_PID" 2>/dev/null || break  # still running: a trapped signal woke us up
+done
+if [ "$status" -ne 0 ] || [ -n "$CUT" ]; then break; fi  # a failed or cut launch ends the repeats
 done
 trap '' USR1
 
