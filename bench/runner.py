@@ -25,7 +25,6 @@ from typing import Any, Mapping
 from benchlib.core.errors import BenchError
 from benchlib.core.rundir import MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, atomic_write_json
 
-from bench.calibration import calibrate
 from bench.scenarios import OUT_DIR, PYTHON, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +236,7 @@ def loss_curve(native: list[float | None], baseline: list[float | None]) -> dict
             "mean_rel_diff": sum(rel) / len(rel)}
 
 
-def versions(manifest: Mapping[str, Any], calibration: Mapping[str, Any]) -> dict[str, Any]:
+def versions(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Versions the run used: the manifest's, plus triton and the GPU driver."""
     from importlib import metadata
 
@@ -249,8 +248,7 @@ def versions(manifest: Mapping[str, Any], calibration: Mapping[str, Any]) -> dic
     except metadata.PackageNotFoundError:
         pass
     out["gpu_driver"] = _nvidia_smi("driver_version")
-    if calibration.get("device"):
-        out["gpu_device"] = calibration["device"]
+    out["gpu_device"] = _nvidia_smi("name")
     return out
 
 
@@ -271,7 +269,8 @@ def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: l
                         [*scenario.extra_args, *extra_args], environ, timeout_s)
     run = finished_run(main, timeout_s)
     gpu_type = run["resolved"]["cluster_config"].get("GPU_TYPE") or "gpu"
-    calibration = calibrate(gpu_type)
+    # the run's own calibration (benchlib.megatron.calibrate, before training), judged by collect
+    calibration = run["result"].get("calibration") or {"skipped": "the run measured none (CALIBRATE=0 or no training step)"}
     record: dict[str, Any] = {
         "name": name or scenario.record_name(gpu_type),
         "scenario": scenario.name,
@@ -281,7 +280,7 @@ def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: l
         "model": scenario.model,
         "gpu_type": gpu_type,
         "gpu_count": run["result"].get("num_gpus"),
-        "versions": versions(run["manifest"], calibration),
+        "versions": versions(run["manifest"]),
         "calibration": calibration,
         **run_facts(run, main.command),
     }
@@ -324,7 +323,7 @@ def run_check(scenario: Scenario, *, environ: Mapping[str, str], timeout_s: int,
             raise BenchError(f"{scenario.name} wrote no {scenario.check_output} (exit {proc.returncode}); no record written",
                              hint=f"run {shlex.join(words)} by hand to see why")
         check = _read_json(output)
-    calibration = calibrate(gpu_type) if scenario.gpus else {"skipped": "a CPU check"}
+    calibration = calibrate_here(gpu_type, environ) if scenario.gpus else {"skipped": "a CPU check"}
     record = {
         "name": scenario.record_name(gpu_type),
         "scenario": scenario.name,
@@ -332,7 +331,7 @@ def run_check(scenario: Scenario, *, environ: Mapping[str, str], timeout_s: int,
         "reproduce": f"python -m bench run {scenario.name}",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "gpu_type": gpu_type or None,
-        "versions": versions({}, calibration),
+        "versions": versions({}),
         "calibration": calibration,
         "seconds": round(time.time() - started, 1),
         "check_passed": proc.returncode == 0,  # the check's own verdict (its exit status)
@@ -341,3 +340,21 @@ def run_check(scenario: Scenario, *, environ: Mapping[str, str], timeout_s: int,
     path = results_dir / f"{record['name']}.json"
     atomic_write_json(path, record)
     return path
+
+
+def calibrate_here(gpu_type: str, environ: Mapping[str, str], timeout_s: int = 180) -> dict[str, Any]:
+    """A check's calibration: the suite's own (benchlib.megatron.calibrate, one rank on GPU 0, in a
+    child process so no CUDA context stays behind), judged as collect judges a run's."""
+    from benchlib.core.rundir import CALIBRATION_DIR
+    from benchlib.metrics.calibration import calibration_for
+
+    with tempfile.TemporaryDirectory(prefix="bench-calibration-") as tmp:
+        cmd = [sys.executable, "-m", "benchlib.megatron.calibrate", "--out-dir", str(Path(tmp) / CALIBRATION_DIR)]
+        try:
+            subprocess.run(cmd, cwd=ROOT, env={**SHARED_HOST_ENV, **environ}, timeout=timeout_s, capture_output=True)
+        except subprocess.TimeoutExpired:
+            return {"error": f"calibration gave no answer in {timeout_s} s"}
+        calibration, warnings = calibration_for(Path(tmp), gpu_type)
+    for warning in warnings:
+        print(f"[bench] warning: {warning}", flush=True)
+    return calibration or {"error": "calibration wrote no record"}
