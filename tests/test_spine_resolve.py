@@ -302,3 +302,15 @@ def test_fast_ops_knob_reaches_the_native_ranks_and_the_memory_check(clean_env):
     assert 2 * logits < extra <= 4 * logits
     te = resolve({**base, "BACKEND": "te", "FAST_OPS": "0"}, "CLUSTER=template")
     assert "FAST_OPS" not in te.env  # no effect outside the native spec
+
+
+def test_fast_optimizer_knob_reaches_the_ranks_of_the_backends_without_te(clean_env):
+    base = {**clean_env, **_single_node(PROXY), "NNODES": "1", "MBS": "4", "GBS": "32"}
+    on = resolve({**base, "BACKEND": "native"}, "CLUSTER=template")
+    assert on.knobs.FAST_OPTIMIZER and on.env["FAST_OPTIMIZER"] == "1"  # one name from the user to the rank
+    off = resolve({**base, "BACKEND": "native", "FAST_OPTIMIZER": "0"}, "CLUSTER=template")
+    assert off.env["FAST_OPTIMIZER"] == "0" and off.provenance["FAST_OPTIMIZER"] == "environment"
+    local = resolve({**base, "BACKEND": "local", "FAST_OPTIMIZER": "0"}, "CLUSTER=template")
+    assert local.env["FAST_OPTIMIZER"] == "0"
+    te = resolve({**base, "BACKEND": "te"}, "CLUSTER=template")
+    assert "FAST_OPTIMIZER" not in te.env  # TE's fused Adam is used there

@@ -63,6 +63,11 @@ class Knobs:
         "Megatron's unfused functions; 0 = Megatron's own, to compare. No effect on te or local.",
         True,
     )
+    FAST_OPTIMIZER: bool = knob(
+        "BACKEND=native or local (no TE/Apex): a fused AdamW step and multi-tensor grad-norm, clipping and "
+        "main-to-model copies in place of Megatron's per-tensor fallbacks; 0 = Megatron's own, to compare.",
+        True,
+    )
     # --- data and checkpoints ------------------------------------------------------
     DATA: str = knob("mock (synthetic tokens) or real (the cluster's DATA_PATH and TOKENIZER_MODEL).", "mock", ("mock", "real"))
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)
