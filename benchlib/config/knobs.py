@@ -68,6 +68,11 @@ class Knobs:
         "main-to-model copies in place of Megatron's per-tensor fallbacks; 0 = Megatron's own, to compare.",
         True,
     )
+    COMPILE: bool = knob(
+        "BACKEND=native only: torch.compile on the spec's norms and MoE router scoring "
+        "(benchlib/megatron/spec/compiled.py); 0 until measured faster on the GPU. No effect on te or local.",
+        False,
+    )
     # --- data and checkpoints ------------------------------------------------------
     DATA: str = knob("mock (synthetic tokens) or real (the cluster's DATA_PATH and TOKENIZER_MODEL).", "mock", ("mock", "real"))
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)

@@ -10,6 +10,7 @@ mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
 
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export COMPILE=0
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 export FAST_OPS=1
 export FAST_OPTIMIZER=1
