@@ -4,11 +4,11 @@ it builds without TE/Apex): a tiny native-spec MoE GPTModel wrapped in Megatron'
 active), three steps each way from the
 same weights and batches.
 
-Runs Megatron in a child process (its global state and a gloo group of world size 1 stay there).
+Runs Megatron in child processes (torch.distributed.run; its global state and gloo groups stay there).
 Faked: the GPU. Megatron's optimizer makes its scalars with device='cuda' and checks parameter
-types by the strings 'torch.cuda.*Tensor'; the child answers both for CPU tensors. With one rank
-the DDP grad buffer needs no reduce-scatter, so the child skips `finish_grad_sync` (which asks
-for a CUDA stream). Several ranks are not run here (the same functions act on each rank's shard).
+types by the strings 'torch.cuda.*Tensor'; the child answers both for CPU tensors, and gives DDP's
+grad reduction a stand-in for the current CUDA stream (it only waits on CUDA-graph events there).
+Several ranks are real processes on gloo.
 """
 from __future__ import annotations
 
@@ -47,9 +47,13 @@ class CpuTorch(types.ModuleType):
         return make
     tensor, zeros, empty, ones = _factory("tensor"), _factory("zeros"), _factory("empty"), _factory("ones")
 
-torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+import os
+# DDP's grad reduction asks for the current CUDA stream (to wait on CUDA-graph events only)
+torch.cuda.current_stream = lambda *a, **k: types.SimpleNamespace(wait_event=lambda e: None, wait_stream=lambda s: None)
+torch.distributed.init_process_group("gloo")
 from megatron.core import parallel_state as ps
-ps.initialize_model_parallel(1, 1)
+ps.initialize_model_parallel(1, 1, expert_model_parallel_size=int(os.environ["EP"]))
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 import megatron.core.optimizer.clip_grads as clip_grads
 import megatron.core.optimizer.distrib_optimizer as distrib_optimizer
 import megatron.core.optimizer.optimizer as optimizer_module
@@ -75,7 +79,7 @@ cfg = TransformerConfig(
 )
 clip = float(sys.argv[1])
 torch.manual_seed(3)
-batches = [(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))) for _ in range(3)]
+batches = [(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))) for _ in range(3 * world)][rank::world]
 positions = torch.arange(16).unsqueeze(0).expand(2, -1)
 calls = {}
 
@@ -99,6 +103,7 @@ def train():
         opt.zero_grad()
         loss = ddp(tokens, positions, None, labels=labels).float().mean()
         loss.backward()
+        ddp.finish_grad_sync()  # reduce-scatter over the data-parallel ranks (gloo)
         ok, norm, _ = opt.step()
         assert ok
         losses.append(loss.item())
@@ -115,7 +120,8 @@ counted(clip_grads, "l2_norm_impl")
 counted(clip_grads, "multi_tensor_scale_impl")
 counted(distrib_optimizer.DistributedOptimizer, "_copy_main_params_to_model_params")
 fast = train()
-print("RESULT " + json.dumps({"megatron": megatron_own, "fast": fast, "patched": patched, "calls": calls}))
+if rank == 0:
+    print("RESULT " + json.dumps({"megatron": megatron_own, "fast": fast, "patched": patched, "calls": calls}))
 """
 
 
@@ -125,12 +131,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_child(clip: float, tmp_path: Path, **env_extra: str) -> dict:
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-               LOCAL_RANK="0", **env_extra,
+def run_child(clip: float, tmp_path: Path, ranks: int = 1, ep: int = 1, **env_extra: str) -> dict:
+    """The child on `ranks` gloo processes (torch.distributed.run), EP=`ep`."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = dict(os.environ, EP=str(ep), OMP_NUM_THREADS="1", **env_extra,
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(clip)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    proc = subprocess.run([*launcher, str(script), str(clip)], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -141,8 +151,11 @@ def max_rel(a: list[float], b: list[float]) -> float:
     return float((ta - tb).abs().max() / tb.abs().max().clamp_min(1e-12))
 
 
-def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path):
-    out = run_child(0.05, tmp_path)  # the grad norm is ~2-3: clipping scales every step
+@pytest.mark.parametrize("ranks,ep", [(1, 1), (2, 2)], ids=["1rank", "2ranks-ep2"])
+def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, ranks, ep):
+    """One rank, and two ranks with EP=2 (dense parameters data-parallel over both, experts
+    split): the same stand-ins, each on its rank's shard, give Megatron's steps."""
+    out = run_child(0.05, tmp_path, ranks=ranks, ep=ep)  # the grad norm is ~2-3: clipping scales every step
     own, fast = out["megatron"], out["fast"]
     assert "megatron.core.optimizer:Adam" in out["patched"]
     assert own["fused"] == [None] * own["parts"] and fast["fused"] == [True] * fast["parts"]
