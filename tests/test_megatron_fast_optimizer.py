@@ -1,8 +1,8 @@
 """benchlib/megatron/fast_optimizer.py against Megatron-Core's own optimizer (the torch fallback
 it builds without TE/Apex): a tiny native-spec MoE GPTModel wrapped in Megatron's DDP, Megatron's
 `get_megatron_optimizer` (distributed optimizer, bf16, fp32 main params, gradient clipping
-active), three steps each way from the
-same weights and batches.
+active), three steps each way from the same weights and batches, on one rank and on two
+(EP=2: dense parameters data-parallel over both ranks, experts split).
 
 Runs Megatron in child processes (torch.distributed.run; its global state and gloo groups stay there).
 Faked: the GPU. Megatron's optimizer makes its scalars with device='cuda' and checks parameter
