@@ -215,3 +215,28 @@ def test_multi_tensor_stand_ins_match_megatrons_local_fallbacks():
     model = [torch.empty(t.shape, dtype=torch.bfloat16) for t in tensors]
     fast_optimizer.multi_tensor_copy_this_to_that(main, model)
     assert all(torch.equal(m, t.to(torch.bfloat16)) for m, t in zip(model, tensors))
+
+
+def test_driver_installs_the_stand_ins_under_the_knob(monkeypatch, capsys):
+    """What a rank does before Megatron's pretrain(): FAST_OPTIMIZER=1 patches Megatron's optimizer
+    builder (this machine has neither TE nor Apex, as the native backend's GPU machine), 0 leaves it."""
+    import megatron.core.optimizer as optimizer_pkg
+    from megatron.core.optimizer import clip_grads
+
+    from benchlib.megatron import fast_optimizer
+    from benchlib.megatron.driver import train
+
+    original_l2 = clip_grads.l2_norm_impl
+    monkeypatch.setenv("RANK", "0")
+    try:
+        monkeypatch.setenv("FAST_OPTIMIZER", "0")
+        train._install_fast_optimizer()
+        assert fast_optimizer.installed() == [] and optimizer_pkg.USING_PYTORCH_OPTIMIZER is True
+        monkeypatch.setenv("FAST_OPTIMIZER", "1")
+        train._install_fast_optimizer()
+        assert optimizer_pkg.Adam is fast_optimizer.fused_adam and optimizer_pkg.USING_PYTORCH_OPTIMIZER is False
+        assert clip_grads.l2_norm_impl is fast_optimizer.foreach_l2_norm
+        assert "fast optimizer stand-ins for" in capsys.readouterr().out
+    finally:
+        fast_optimizer.uninstall()
+    assert optimizer_pkg.USING_PYTORCH_OPTIMIZER is True and clip_grads.l2_norm_impl is original_l2
