@@ -112,12 +112,14 @@ def train():
     main = [p.detach().float().reshape(-1).tolist() for part in parts for group in part.shard_fp32_from_float16_groups for p in group]
     model_params = {n: p.detach().float().reshape(-1).tolist() for n, p in model.named_parameters()}
     fused = [part.optimizer.defaults.get("fused") for part in parts]
+    assert all(getattr(part.optimizer, "grad_scale", None) is None for part in parts)  # no clip outlives its step
     return {"losses": losses, "norms": norms, "main": main, "model": model_params, "fused": fused, "parts": len(parts)}
 
 megatron_own = train()
 patched = fast_optimizer.install()
 counted(clip_grads, "l2_norm_impl")
 counted(clip_grads, "multi_tensor_scale_impl")
+counted(optimizer_module, "clip_grad_by_total_norm_fp32")
 counted(distrib_optimizer.DistributedOptimizer, "_copy_main_params_to_model_params")
 fast = train()
 if rank == 0:
@@ -159,9 +161,11 @@ def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, ranks,
     own, fast = out["megatron"], out["fast"]
     assert "megatron.core.optimizer:Adam" in out["patched"]
     assert own["fused"] == [None] * own["parts"] and fast["fused"] == [True] * fast["parts"]
-    # the stand-ins really ran: a norm per step per part, a clip per step per part, one copy per step per part
+    # the stand-ins really ran: a norm per step per part, a clip per step per part (folded into
+    # the fused step: no scaling pass of its own), one copy per step per part
     assert out["calls"]["l2_norm_impl"] >= 3 * fast["parts"]
-    assert out["calls"]["multi_tensor_scale_impl"] == 3 * fast["parts"]
+    assert out["calls"]["clip_grad_by_total_norm_fp32"] == 3 * fast["parts"]
+    assert out["calls"].get("multi_tensor_scale_impl", 0) == 0
     assert out["calls"]["_copy_main_params_to_model_params"] == 3 * fast["parts"]
     assert all(n > 0.05 for n in own["norms"])
     assert own["losses"][0] == fast["losses"][0]  # same weights, same batch

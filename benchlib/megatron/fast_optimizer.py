@@ -12,6 +12,7 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 | --- | --- | --- |
 | optimizer.Adam, optimizer.USING_PYTORCH_OPTIMIZER | torch AdamW/Adam with `fused=True` (one kernel per step) | - |
 | clip_grads.l2_norm_impl | `torch._foreach_norm` + one norm of the norms, no host sync | - |
+| optimizer.clip_grad_by_total_norm_fp32 | no pass of its own: the fused AdamW divides each gradient by 1/clip_coeff as it reads it (torch's `grad_scale`) | decoupled grads, tensor norms, parameters of an optimizer it did not build or only partly given |
 | clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl | `torch._foreach_mul_` / `_foreach_copy_` | - |
 | optimizer._multi_tensor_copy_this_to_that | `torch._foreach_copy_` (casts fp32 -> bf16 as `copy_` does) | - |
 | DistributedOptimizer._copy_main_params_to_model_params | one `torch._foreach_copy_` into the parameter buffer | Megatron-FSDP, precision-aware optimizer, fp8/fp4 param gather, stub optimizers |
@@ -26,6 +27,7 @@ each rank's local shard and leave Megatron's all-reduces where they are.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Callable
 
 _ORIGINALS: dict[str, Any] = {}
@@ -61,6 +63,7 @@ def install() -> list[str]:
     if getattr(optimizer, "multi_tensor_scale_impl", None) is mcore_utils.local_multi_tensor_scale:
         _patch(optimizer, "multi_tensor_scale_impl", foreach_scale)
     _patch(optimizer, "_multi_tensor_copy_this_to_that", multi_tensor_copy_this_to_that)
+    _patch(optimizer, "clip_grad_by_total_norm_fp32", clip_grad_by_total_norm_fp32)
     _patch(DistributedOptimizer, "_copy_main_params_to_model_params", copy_main_params_to_model_params)
     return installed()
 
@@ -95,12 +98,78 @@ def _original(owner_name: str, name: str) -> Callable[..., Any]:
 
 def fused_adam(params: Any, adam_w_mode: bool = True, **kwargs: Any) -> Any:
     """Takes the place of TE/Apex `FusedAdam(params, ..., adam_w_mode=)` in Megatron's builder:
-    torch's AdamW (decoupled weight decay) or Adam, with the fused single-kernel update."""
+    torch's AdamW (decoupled weight decay) or Adam, with the fused single-kernel update.
+    Each parameter remembers its optimizer, so that clipping can be folded into its step."""
     import torch
 
     kwargs.setdefault("fused", True)
     cls = torch.optim.AdamW if adam_w_mode else torch.optim.Adam
-    return cls(params, **kwargs)
+    opt = cls(params, **kwargs)
+    if opt.defaults.get("fused"):
+        _FUSED_OPTIMIZERS.add(opt)
+        step = opt.step
+
+        def step_then_forget_the_clip(*args: Any, **kw: Any) -> Any:
+            try:
+                return step(*args, **kw)
+            finally:
+                opt.grad_scale = None  # one clip coefficient applies to one step
+
+        opt.step = step_then_forget_the_clip
+    return opt
+
+
+# Every fused optimizer built here. Megatron's distributed optimizer replaces their param groups
+# with its fp32 main shards after construction, so the owner of a parameter is looked up when
+# clipping, in the groups as they are then.
+_FUSED_OPTIMIZERS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _owners_of(params: list) -> dict[int, Any]:
+    """id(param) -> the fused optimizer holding it now."""
+    wanted = {id(p) for p in params}
+    found: dict[int, Any] = {}
+    for opt in list(_FUSED_OPTIMIZERS):
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if id(p) in wanted:
+                    found[id(p)] = opt
+    return found
+
+
+def clip_grad_by_total_norm_fp32(parameters: Any, max_norm: float, total_norm: Any, use_decoupled_grad: bool = False) -> None:
+    """Megatron's clip by total norm, folded into the next optimizer step: the fused AdamW
+    divides each gradient by `grad_scale` = 1/clip_coeff as it reads it, which saves a read and
+    a write of every fp32 gradient. Same coefficient as Megatron (max_norm / (norm + 1e-6),
+    applied only below 1). Anything else goes to Megatron's original."""
+    import torch
+
+    params = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
+    with_grads = [p for p in params if p.grad is not None]
+    owner_of = _owners_of(with_grads)
+    owners = {id(o): o for o in owner_of.values()}
+    covered = (
+        not use_decoupled_grad
+        and not isinstance(total_norm, torch.Tensor)
+        and with_grads
+        and len(owner_of) == len({id(p) for p in with_grads})
+        and all(_all_grads_given(o, with_grads) for o in owners.values())
+    )
+    if not covered:
+        return _original("megatron.core.optimizer.optimizer", "clip_grad_by_total_norm_fp32")(
+            parameters, max_norm, total_norm, use_decoupled_grad=use_decoupled_grad)
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    for opt in owners.values():
+        opt.grad_scale = (
+            torch.full((), 1.0 / clip_coeff, dtype=torch.float32, device=with_grads[0].device) if clip_coeff < 1.0 else None
+        )
+    return None
+
+
+def _all_grads_given(opt: Any, given: list) -> bool:
+    """The optimizer's grad_scale applies to all its parameters: all must be clipped together."""
+    ids = {id(p) for p in given}
+    return all(id(p) in ids for group in opt.param_groups for p in group["params"] if p.grad is not None)
 
 
 # --- multi-tensor ops (the `multi_tensor_applier(op, noop_flag, tensor_lists, *args)` contract) ----
