@@ -19,8 +19,9 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 
 The arithmetic is the same as Megatron's (the norm is the 2-norm of the per-tensor 2-norms in
 the gradients' dtype; scaling multiplies in the source dtype; AdamW's update is torch's), so
-results agree to fp32 rounding. Where Megatron found TE or Apex nothing is replaced. The same code runs at any EP/DP size: the stand-ins act on
-each rank's local shard and leave Megatron's all-reduces where they are.
+results agree to fp32 rounding. Where Megatron found TE or Apex nothing is replaced. The same
+code runs at any EP/DP size: the stand-ins act on each rank's local shard and leave Megatron's
+all-reduces where they are.
 
 `FAST_OPTIMIZER=0` (the knob, under its own name on every rank) leaves Megatron's functions in place.
 """
@@ -99,7 +100,7 @@ def _original(owner_name: str, name: str) -> Callable[..., Any]:
 def fused_adam(params: Any, adam_w_mode: bool = True, **kwargs: Any) -> Any:
     """Takes the place of TE/Apex `FusedAdam(params, ..., adam_w_mode=)` in Megatron's builder:
     torch's AdamW (decoupled weight decay) or Adam, with the fused single-kernel update.
-    Each parameter remembers its optimizer, so that clipping can be folded into its step."""
+    Each such optimizer is remembered, so that clipping can be folded into its step."""
     import torch
 
     kwargs.setdefault("fused", True)
