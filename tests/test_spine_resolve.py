@@ -315,3 +315,23 @@ def test_routing_manual_gc_and_repeats_knobs(clean_env):
         resolve({**env, "ROUTING": "balanced"}, "CLUSTER=template")
     with pytest.raises(BenchError, match="REPEATS=0.*below 1"):
         resolve({**env, "REPEATS": "0"}, "CLUSTER=template")
+
+
+def test_fast_optimizer_knob_reaches_the_ranks_of_the_backends_without_te(clean_env):
+    base = {**clean_env, **_single_node(PROXY), "NNODES": "1", "MBS": "4", "GBS": "32"}
+    on = resolve({**base, "BACKEND": "native"}, "CLUSTER=template")
+    assert on.knobs.FAST_OPTIMIZER and on.env["FAST_OPTIMIZER"] == "1"  # one name from the user to the rank
+    off = resolve({**base, "BACKEND": "native", "FAST_OPTIMIZER": "0"}, "CLUSTER=template")
+    assert off.env["FAST_OPTIMIZER"] == "0" and off.provenance["FAST_OPTIMIZER"] == "environment"
+    local = resolve({**base, "BACKEND": "local", "FAST_OPTIMIZER": "0"}, "CLUSTER=template")
+    assert local.env["FAST_OPTIMIZER"] == "0"
+    te = resolve({**base, "BACKEND": "te"}, "CLUSTER=template")
+    assert "FAST_OPTIMIZER" not in te.env  # TE's fused Adam is used there
+
+
+def test_compile_knob_is_off_by_default_and_reaches_the_native_ranks(clean_env):
+    base = {**clean_env, **_single_node(PROXY), "NNODES": "1", "MBS": "4", "GBS": "32", "BACKEND": "native"}
+    assert resolve(base, "CLUSTER=template").env["COMPILE"] == "0"
+    on = resolve({**base, "COMPILE": "1"}, "CLUSTER=template")
+    assert on.knobs.COMPILE and on.env["COMPILE"] == "1"  # one name from the user to the rank
+    assert "COMPILE" not in resolve({**base, "BACKEND": "local", "COMPILE": "1"}, "CLUSTER=template").env

@@ -77,10 +77,14 @@ def choose_backend(k: Knobs, cluster: ClusterConfig) -> BackendChoice:
         reason = f"BACKEND={name}"
     if name == "te":
         return BackendChoice("te", reason, list(TE_FLAGS), {})
+    # the knobs keep their names on the rank: benchlib/megatron/spec/fast_ops.py reads FAST_OPS,
+    # spec/compiled.py COMPILE, benchlib/megatron/fast_optimizer.py FAST_OPTIMIZER (both
+    # backends lack TE's fused optimizer)
+    optimizer_env = {"FAST_OPTIMIZER": str(int(k.FAST_OPTIMIZER))}
     if name == "native":
-        # the knob keeps its name on the rank: benchlib/megatron/spec/fast_ops.py reads FAST_OPS
-        return BackendChoice("native", reason, list(NATIVE_FLAGS), {"FAST_OPS": str(int(k.FAST_OPS))})
-    return BackendChoice("local", reason, list(LOCAL_FLAGS), {})
+        spec_env = {"FAST_OPS": str(int(k.FAST_OPS)), "COMPILE": str(int(k.COMPILE))}
+        return BackendChoice("native", reason, list(NATIVE_FLAGS), {**spec_env, **optimizer_env})
+    return BackendChoice("local", reason, list(LOCAL_FLAGS), optimizer_env)
 
 
 def refuse_unsupported(choice: BackendChoice, k: Knobs, model_flags: dict[str, Any], extra_flags: set[str]) -> None:

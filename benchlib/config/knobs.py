@@ -64,6 +64,16 @@ class Knobs:
         "Megatron's unfused functions; 0 = Megatron's own, to compare. No effect on te or local.",
         True,
     )
+    FAST_OPTIMIZER: bool = knob(
+        "BACKEND=native or local (no TE/Apex): a fused AdamW step and multi-tensor grad-norm, clipping and "
+        "main-to-model copies in place of Megatron's per-tensor fallbacks; 0 = Megatron's own, to compare.",
+        True,
+    )
+    COMPILE: bool = knob(
+        "BACKEND=native only: torch.compile on the spec's norms and MoE router scoring "
+        "(benchlib/megatron/spec/compiled.py); 0 until measured faster on the GPU. No effect on te or local.",
+        False,
+    )
     ROUTING: str = knob(
         "MoE routing: learned (the router trains, expert load drifts with the iteration count on mock data) or "
         "forced (--moe-router-force-load-balancing: balanced random routing, as NVIDIA's published figures). "

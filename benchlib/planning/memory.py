@@ -15,7 +15,8 @@ What is counted (docs/planning.md derives each term):
   cross-entropy, which keeps only the bf16 logits), the bf16 weight gradient of the
   largest parameter before it is added to the main gradient, the optimizer step's scratch;
 - a fixed allocator constant (MISC_BYTES) and, for the fit check only, the CUDA/NCCL context
-  and fragmentation headroom (not part of what `torch.cuda.max_memory_allocated` counts).
+  and the allocator's fragmentation as measured on recorded runs of the same kind and GPU
+  count (not part of what `torch.cuda.max_memory_allocated` counts).
 """
 from __future__ import annotations
 
@@ -31,11 +32,25 @@ from benchlib.planning.pipeline import RankStage, in_flight, rank_stages
 # cuBLAS workspaces (torch gives each handle/stream 32 MiB through the caching allocator on
 # Hopper), RNG states, loss and grad-norm scratch: a fixed amount, not tuned to any record.
 MISC_BYTES = 128 * MIB
-# Outside max_memory_allocated, but on the GPU: CUDA context + kernels (~0.5-1 GiB), NCCL
-# communicator buffers (several per group), and the caching allocator's fragmentation
-# (reserved - allocated, typically a few percent). Used only by the fit check.
-CONTEXT_BYTES = 2 * GIB
-FRAGMENTATION = 0.05
+# The fit check's margin: what the GPU holds beyond `max allocated` (used only by the check).
+# - The CUDA context with its loaded kernels (cuBLAS, NCCL, Triton; lazy module loading) is
+#   outside torch's allocator; per process: an estimate, not in any recorded log.
+# - NCCL's communicator buffers, also outside torch's allocator, only with several GPUs.
+# - The caching allocator's fragmentation: Megatron's `max reserved - max allocated`,
+#   calibrated on the recorded H200 runs in tests/fixtures/logs/ (names say GPUs and kind):
+#   the largest measured gap per kind and GPU count, rounded up to 1/8 GiB
+#   (tests/test_planning_margin.py recomputes it from the logs). Overlapping the MoE
+#   all-to-all (A2A_OVERLAP) allocates on a second stream, whose blocks the first cannot reuse.
+# A run of 134.7 GiB allocated ran on an H200 (140.4 GiB): with the margin this check refuses
+# nothing that ran and what went out of memory (tests/fixtures/planning/h200_fit_records.json).
+CUDA_CONTEXT_BYTES = 768 * MIB
+NCCL_BYTES = 1 * GIB  # several GPUs only
+FRAGMENTATION_GIB: dict[str, dict[int, float]] = {
+    # kind -> {GPU count of the recorded runs: GiB}
+    "native": {1: 1.875, 2: 1.375, 4: 1.375},
+    "native_a2a_overlap": {2: 9.125, 4: 9.0},
+    "local": {1: 6.875, 2: 6.75, 4: 7.25},
+}
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "torch.float32": 4, "bf16": 2, "bfloat16": 2, "torch.bfloat16": 2,
                "fp16": 2, "float16": 2, "torch.float16": 2, "fp8": 1, "uint8": 1, "torch.uint8": 1}
 DEFAULT_SELECTIVE = ("core_attn",)  # Megatron's default --recompute-modules
@@ -62,6 +77,8 @@ class MemoryEstimate:
     flops_per_iteration: float | None = None
     per_rank_peak: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    context: int = CUDA_CONTEXT_BYTES  # CUDA context (+ NCCL buffers with several GPUs), for the fit check
+    fragmentation: int = int(FRAGMENTATION_GIB["native"][1] * GIB)  # reserved beyond allocated, for the fit check
 
     @property
     def static(self) -> int:
@@ -81,7 +98,7 @@ class MemoryEstimate:
 
     @property
     def overhead(self) -> int:
-        return CONTEXT_BYTES + int(FRAGMENTATION * self.peak_allocated)
+        return self.context + self.fragmentation
 
     @property
     def total(self) -> int:
@@ -111,7 +128,8 @@ class MemoryEstimate:
         lines += [
             f"  misc (allocator)   {g(self.misc)}",
             f"  = peak allocated   {g(self.peak_allocated)}   (compare: Megatron's 'max allocated')",
-            f"  + context/NCCL/fragmentation {g(self.overhead).strip()}",
+            f"  + CUDA context/NCCL {g(self.context)}",
+            f"  + fragmentation    {g(self.fragmentation)}   (measured max reserved - max allocated)",
             f"  = total            {g(self.total)}",
         ]
         if self.capacity is not None:
@@ -190,6 +208,8 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
     if backend == "native" and "FAST_OPS" not in args:
         # historical records say `fast_ops`; native records made before the fast ops existed say nothing
         args["FAST_OPS"] = bool(record.get("FAST_OPS", record.get("fast_ops", False)))
+    if backend in ("native", "local") and "FAST_OPTIMIZER" not in args:
+        args["FAST_OPTIMIZER"] = bool(record.get("FAST_OPTIMIZER", False))  # records before it: foreach AdamW
     return args, backend
 
 
@@ -404,6 +424,9 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
     # the native spec's fast ops (benchlib/megatron/spec/fast_ops.py) replace the fp32 cross-entropy
     # for TP=1; `FAST_OPS: false` describes a run with the knob FAST_OPS=0 (or made before them)
     fused_loss = attn == "sdpa" and lay.tp == 1 and as_bool(args, "FAST_OPS", True)
+    # benchlib's fast optimizer (FAST_OPTIMIZER=1, no TE) steps with torch's fused AdamW, which
+    # needs no scratch; arguments without the knob describe Megatron's foreach AdamW
+    fused_adam = attn != "flash" and as_bool(args, "FAST_OPTIMIZER", False)
     granularity = str(get(args, "recompute_granularity", "") or "")
     modules = frozenset(as_list(args, "recompute_modules") or DEFAULT_SELECTIVE) if granularity == "selective" else frozenset()
     sp = as_bool(args, "sequence_parallel")
@@ -489,7 +512,7 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
             wgrad = max(wgrad, 2 * m.vocab * m.hidden / lay.tp)
         working = max((_largest_tensor(a) for a in layer_acts), default=0)
         transient["backward: bf16 weight grad + activation grad"] = wgrad + working
-        if attn != "flash":  # torch's foreach AdamW: one fp32 scratch copy of the state shard
+        if attn != "flash" and not fused_adam:  # torch's foreach AdamW: one fp32 scratch copy of the state shard
             shard = (params.dense / dp_cp + params.expert / edp) if distributed else n_params
             step = 4 * shard * (1 - offload)
             # At the step the activations are gone: compare against them, not on top of them.
@@ -515,11 +538,30 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
             best.capacity = gpu_spec(gpu_type).memory_bytes
         except BenchError:  # a GPU we have no figures for: estimate, but nothing to check against
             best.notes.append(f"no memory figure for GPU type {gpu_type!r}: the fit is not checked")
+    best.context, best.fragmentation, note = fit_margin(lay.world, attn, as_bool(args, "overlap_moe_expert_parallel_comm"))
+    if note:
+        best.notes.append(note)
     if imbalance != 1.0:
         best.notes.append(f"MoE dispatch assumes the most loaded rank receives {imbalance:g}x the average tokens")
     if with_flops:
         best.flops_per_iteration = _flops(args, lay)
     return best
+
+
+def fit_margin(world: int, attn: str, a2a_overlap: bool) -> tuple[int, int, str | None]:
+    """(context, fragmentation, note) in bytes for a run on `world` GPUs: the recorded
+    fragmentation of the same kind at the largest recorded GPU count not above `world`."""
+    context = CUDA_CONTEXT_BYTES + (NCCL_BYTES if world > 1 else 0)
+    kind = "local" if attn == "materialized" else "native_a2a_overlap" if a2a_overlap else "native"
+    note = None
+    if attn == "flash":  # no recorded Transformer Engine run: take the torch-native spec's figures
+        note = "no recorded Transformer Engine run: the fit check uses the native spec's measured fragmentation"
+    recorded = FRAGMENTATION_GIB[kind]
+    counts = [n for n in sorted(recorded) if n <= world] or [min(recorded)]
+    if counts[-1] != world:
+        note = ((note + "; ") if note else "") + (
+            f"fragmentation as recorded on {counts[-1]} GPU(s) ({kind}); none recorded on {world}")
+    return context, int(recorded[counts[-1]] * GIB), note
 
 
 def _first_of_kind(m: ModelShape, moe: bool) -> int:
@@ -567,6 +609,7 @@ def run_args(run: Any) -> dict[str, Any]:
     args.setdefault("seq_length", k.SEQ_LEN)
     args.setdefault("world_size", run.world_size)
     args.setdefault("FAST_OPS", k.FAST_OPS)
+    args.setdefault("FAST_OPTIMIZER", k.FAST_OPTIMIZER)
     return args
 
 

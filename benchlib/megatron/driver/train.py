@@ -39,6 +39,7 @@ def run(argv: list[str], backend: str) -> None:
     dataset_utils.compile_helpers = _check_helpers_instead_of_make
     if backend == "native":
         _use_native_mtp_spec()
+    _install_fast_optimizer()
 
     sys.argv = [sys.argv[0] or "benchlib.megatron.driver"] + argv
     args = parse_and_validate_args()
@@ -68,6 +69,16 @@ def _check_helpers_instead_of_make() -> None:
             f"Megatron-Core's compiled dataset helpers do not import ({err})",
             hint="reinstall megatron-core from its binary wheel (pip install --only-binary=:all: megatron-core)",
         ) from err
+
+
+def _install_fast_optimizer() -> None:
+    """Fused Adam and multi-tensor grad/param handling where Megatron fell back to torch's
+    optimizer and its per-tensor loops (no TE/Apex); FAST_OPTIMIZER=0 keeps Megatron's own."""
+    from benchlib.megatron import fast_optimizer
+
+    patched = fast_optimizer.install()
+    if patched and int(os.environ.get("RANK", "0")) == 0:
+        print(f"benchlib driver: fast optimizer stand-ins for {', '.join(patched)}", flush=True)
 
 
 def _use_native_mtp_spec() -> None:

@@ -10,8 +10,10 @@ mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
 
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export COMPILE=0
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 export FAST_OPS=1
+export FAST_OPTIMIZER=1
 export NCCL_NVLS_ENABLE=0
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True

@@ -1,0 +1,85 @@
+"""bench/peers/torchtitan.py: reading torchtitan's logs and driving run_peer.sh.
+
+The log is CONSTRUCTED here from the step-line format of torchtitan 0.2.2 (the peer README's
+figures and torchtitan's metrics line: `step: N  loss: ...  memory: XGiB(P%)  tps: N,NNN ...`),
+with colour codes as torchtitan prints them; no real torchtitan log is stored yet. run_peer.sh
+needs a GPU and the peer's wheels, so the run test uses a stand-in script that writes such logs
+where run_peer.sh would ($OUT/peer_A.log, peer_B.log) and echoes the environment it was given.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def peer():
+    spec = importlib.util.spec_from_file_location("peer_torchtitan", ROOT / "bench" / "peers" / "torchtitan.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def step_line(step: int, loss: float, mem: float, tps: int, color: bool = True) -> str:
+    c, r = ("\x1b[31m", "\x1b[39m") if color else ("", "")
+    return (f"[rank0]:[titan] 2026-12-01 12:00:{step:02d},000 - root - INFO - {c}step: {step:2}  "
+            f"loss: {loss:7.4f}  grad_norm: {1.5:7.4f}  memory: {mem:5.2f}GiB({mem / 139.8 * 100:.2f}%)  "
+            f"tps: {tps:,}  tflops: {tps * 4.04e9 / 1e12:,.2f}  mfu: {tps * 4.04e9 / 9.894e14 * 100:.2f}%{r}")
+
+
+def captured_log(compiled: bool, tps_by_step: dict[int, int]) -> str:
+    head = ["[rank0]:[titan] 2026-12-01 12:00:00,000 - root - INFO - Starting job: peer"]
+    if compiled:
+        head.append("[rank0]:[titan] 2026-12-01 12:00:00,100 - root - INFO - Compiling each TransformerBlock with torch.compile")
+    lines = [step_line(s, 12.0 - 0.1 * s, 61.3 if compiled else 88.8, t) for s, t in sorted(tps_by_step.items())]
+    return "\n".join(head + lines + ["[rank0]:[titan] 2026-12-01 12:01:00,000 - root - INFO - Training completed"]) + "\n"
+
+
+def test_parse_log_means_tokens_per_second_after_warmup(peer):
+    tps = {1: 3_000, 2: 40_000, 3: 70_000, 4: 76_000, 5: 77_000, 6: 77_500, 7: 78_000, 8: 78_100}
+    out = peer.parse_log(captured_log(True, tps))
+    assert out["steps"] == 8 and out["measured_steps"] == 3
+    assert out["tokens_per_s_per_gpu"] == pytest.approx((77_500 + 78_000 + 78_100) / 3)
+    assert out["max_reserved_gib"] == 61.3 and out["last_step"] == 8
+    assert out["last_loss"] == pytest.approx(12.0 - 0.8) and out["compiled"] is True
+    eager = peer.parse_log(captured_log(False, {6: 60_000, 7: 60_124}))
+    assert eager["compiled"] is False and eager["tokens_per_s_per_gpu"] == pytest.approx(60_062)
+    nothing = peer.parse_log("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+    assert nothing["steps"] == 0 and nothing["tokens_per_s_per_gpu"] is None and nothing["max_reserved_gib"] is None
+
+
+def test_run_drives_run_peer_sh_and_reads_both_variants(peer, tmp_path):
+    stand_in = tmp_path / "peerdir"
+    stand_in.mkdir()
+    eager = captured_log(False, {6: 66_000, 7: 66_166})
+    compiled = captured_log(True, {6: 86_800, 7: 86_952})
+    (tmp_path / "A.txt").write_text(eager)
+    (tmp_path / "B.txt").write_text(compiled)
+    (stand_in / "run_peer.sh").write_text(
+        "set -eu\n"
+        f"cp {tmp_path}/A.txt \"$OUT/peer_A.log\"\n"
+        f"cp {tmp_path}/B.txt \"$OUT/peer_B.log\"\n"
+        "echo \"extra=$PEER_EXTRA steps=$PEER_STEPS\"\n"
+    )
+    out = peer.run(tmp_path / "out", gbs=32, steps=12, peer_dir=stand_in)
+    assert out["returncode"] == 0 and out["global_batch"] == 32
+    assert "extra=--training.global_batch_size 32 steps=12" in (tmp_path / "out" / "run_peer.out").read_text()
+    assert out["variants"]["eager"]["tokens_per_s_per_gpu"] == pytest.approx(66_083)
+    assert out["variants"]["compiled"]["tokens_per_s_per_gpu"] == pytest.approx(86_876)
+    assert out["variants"]["compiled"]["compiled"] and not out["variants"]["eager"]["compiled"]
+    json.dumps(out)  # a record the bench tool can write as it is
+
+
+def test_run_reports_a_variant_that_wrote_no_log(peer, tmp_path):
+    stand_in = tmp_path / "peerdir"
+    stand_in.mkdir()
+    (stand_in / "run_peer.sh").write_text("echo 'wheel install failed'; exit 1\n")
+    out = peer.run(tmp_path / "out", peer_dir=stand_in)
+    assert out["returncode"] == 1
+    assert "was not written" in out["variants"]["eager"]["error"]
+    assert "wheel install failed" in (tmp_path / "out" / "run_peer.out").read_text()
