@@ -202,7 +202,8 @@ def resolve_run(
     arch = F.megatron_arg_dict({**{k: v for k, v in model_flags.items() if v not in (None, False)}, **extra_dict})
     world = knobs.NNODES * gpus_per_node
     check_layout(
-        Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN),
+        Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN,
+               pp_layout=knobs.PP_LAYOUT or str(arch.get("pipeline_model_parallel_layout") or "")),
         arch,
     )
     if knobs.A2A_OVERLAP and knobs.EP == 1:
