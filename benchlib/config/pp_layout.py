@@ -123,3 +123,43 @@ def rank_layers(layout: PipelineLayout, num_layers: int) -> list[dict]:
             elif ch == "L":
                 rank["loss"] = True
     return out
+
+
+def _stage_text(stage: str) -> str:
+    out, i = [], 0
+    while i < len(stage):
+        j = i
+        while j < len(stage) and stage[j] == stage[i]:
+            j += 1
+        run = j - i
+        out.append(stage[i] * run if run <= 3 else f"{stage[i]}*{run}")
+        i = j
+    return "".join(out)
+
+
+def compact(stages: list[str]) -> str:
+    """Stage strings -> a layout text, repeated middle stages as (stage|)*N: ['Ett','ttt','ttt','ttL'] -> 'Ett|(ttt|)*2ttL'."""
+    if len(stages) <= 2:
+        return "|".join(_stage_text(s) for s in stages)
+    first, middle, last = stages[0], stages[1:-1], stages[-1]
+    if len(set(middle)) == 1 and len(middle) > 1:
+        return f"{_stage_text(first)}|({_stage_text(middle[0])}|)*{len(middle)}{_stage_text(last)}"
+    return "|".join(_stage_text(s) for s in stages)
+
+
+def balanced_layout(num_layers: int, mtp_layers: int, pp: int, vpp: int) -> str | None:
+    """The layout that counts embedding and loss as one layer each and splits all of it evenly over
+    PP x VPP stages (what Megatron's --account-for-embedding/loss-in-pipeline-split does), MTP layers
+    just before the loss; None when it does not split evenly or breaks Megatron's MTP rules."""
+    n = pp * vpp
+    symbols = "E" + "t" * num_layers + "m" * mtp_layers + "L"
+    if n < 2 or len(symbols) % n:
+        return None
+    k = len(symbols) // n
+    stages = [symbols[i * k:(i + 1) * k] for i in range(n)]
+    text = compact(stages)
+    try:
+        validate(parse(text, pp), num_layers, mtp_layers)
+    except BenchError:
+        return None
+    return text
