@@ -39,19 +39,39 @@ EFF_EXPERT_MAX, EXPERT_HALF_TOKENS = 0.6, 184
 # triton 23.0 = 359.9 ms, less ~98 ms fp32 main-grad accumulation (the profile's reading) =
 # 262 ms = 0.50 us per token-layer; at 4.8 TB/s that is 2.40 MB = 65 passes of 2 * 2048 * 9 bytes.
 NONGEMM_PASSES = 65.0
+# benchlib's native spec with FAST_OPS=0 (Megatron's unfused cross-entropy, permutation, sort): the
+# same profile's before_fast_ops step spends 769 ms there (elementwise 395.3 + copy_cat 221.0 +
+# index_scatter_gather 140.8 + reduce_norm_softmax 88.2 + triton 21.9, less the 98 ms main-grad
+# adds) instead of 262: 2.93 times as much.
+NONGEMM_UNFUSED_FACTOR = 2.93
 # --- Links. NCCL reaches about BUS_EFFICIENCY of a link's peak on large messages (all-gather,
 # reduce-scatter, NCCL all-to-all). DeepEP / HybridEP kernels reach more: DeepEP's README
 # (deepseek-ai/DeepEP, normal kernels, H800 + CX7 400 Gb/s) reports ~153-158 GB/s NVLink of
 # 160 and 43-58 GB/s RDMA of 50 per GPU: FLEX_EFFICIENCY.
 BUS_EFFICIENCY = 0.7
 FLEX_EFFICIENCY = 0.9
+# Megatron's NCCL all-to-all dispatcher inside a node moves far less: its token-count host sync per
+# layer and NCCL's all-to-all reach ~135 GB/s per H200 of 450 in this project's runs (EP2 and EP4 of
+# Qwen3-30B-A3B-Proxy vs one GPU: bench/results/h200x2_ep2_qwen3-30b-a3b-proxy_fastops_mbs4.json,
+# h200x4_ep4_qwen3-30b-a3b-proxy_fastops_mbs4.json, h200x1_qwen3-30b-a3b-proxy_fastops_mbs4.json:
+# +1.9 to +3 ms per all-to-all of 268 / 403 MB).
+NCCL_A2A_NVLINK_EFFICIENCY = 0.3
+# Optimizer step and fp32 main-gradient accumulation, memory-bound, from the same H200 profile
+# (about 68 ms AdamW step and 98 ms main-grad adds per step for ~3.1e9 parameters, 8 micro-batches):
+# bytes moved per parameter of the local optimizer shard per step, and per parameter per
+# micro-batch when the wgrad GEMM does not accumulate into the main gradient itself (no TE).
+OPTIMIZER_BYTES_PER_PARAM = 105.0
+MAIN_GRAD_BYTES_PER_PARAM = 19.0
 # All-to-alls per MoE layer and micro-batch: dispatch + combine, forward and backward.
 A2A_PER_LAYER = 4
 # --- A2A_OVERLAP (--overlap-moe-expert-parallel-comm): one micro-batch's all-to-all runs beside
 # another's compute in the steady 1F1B phase. What it cannot hide: the all-to-all beyond the
-# compute it overlaps, and A2A_OVERLAP_RESIDUAL of the rest (stream sync, the warm-up and
-# cool-down micro-batches, the SMs the communication kernels take from the GEMMs).
-A2A_OVERLAP_RESIDUAL = 0.25
+# compute it overlaps, and A2A_OVERLAP_RESIDUAL of the rest (stream synchronisation, the warm-up
+# and cool-down micro-batches, the SMs the communication kernels take from the GEMMs). Fitted to
+# the one published same-layout pair with and without it: Qwen3-235B-A22B on 256 H100, DeepEP,
+# TP2 PP8 VPP4 EP32, 19.7 s -> 17.6 s (Megatron-MoE-ModelZoo best_practice/qwen3/readme.md,
+# commit e8650517): 2.1 s saved of the model's ~5.7 s all-to-all = 37% hidden.
+A2A_OVERLAP_RESIDUAL = 0.63
 # With --overlap-grad-reduce / --overlap-param-gather most DP traffic hides behind compute;
 # the last bucket's reduce and the first forward's gather do not.
 DP_EXPOSED = 0.2
@@ -170,7 +190,10 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     # non-GEMM, per layer: tokens on this rank (sequence-parallel shard) x (1 + top-k copies)
     tok_rank = t_mb / lay.cp
     hbm = _hbm_bytes_per_s(gpu)
-    recompute_ng = 1.0 + (0.5 if full else 0.0)
+    recompute_ng = 4 / 3 if full else 1.0  # full recompute replays the forward third of it
+    native = "benchlib" in str(get(args, "spec", "") or "") or str(get(args, "transformer_impl", "")) == "local"
+    if native and not as_bool(args, "FAST_OPS", True):
+        recompute_ng *= NONGEMM_UNFUSED_FACTOR
     nongemm_s = {kind: NONGEMM_PASSES * 2 * shape.hidden * (1 + (shape.topk if kind == "moe" else 0))
                  * tok_rank / lay.tp / hbm * recompute_ng for kind in ("dense", "moe")}
 
@@ -220,7 +243,8 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
             # NCCL all-to-all (allgather is costed the same): every routed copy travels on its own
             net_copies = copies * (group - gpus_in_domain) / group
             nvl_copies = copies * (gpus_in_domain - 1) / group
-            per_a2a = tokens * token_bytes * (net_copies / (net * BUS_EFFICIENCY) + nvl_copies / (nvlink * BUS_EFFICIENCY))
+            per_a2a = tokens * token_bytes * (net_copies / (net * BUS_EFFICIENCY)
+                                              + nvl_copies / (nvlink * NCCL_A2A_NVLINK_EFFICIENCY))
         n_a2a = A2A_PER_LAYER + (2 if full or "moe" in mods else 0)
         ep_s = n_a2a * n_moe * per_a2a
     ep_exposed = ep_s
@@ -251,10 +275,18 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     for params, size in ((dense_p, lay.dp * lay.cp), (expert_p, lay.world // (lay.pp * lay.ep * lay.etp))):
         if size > 1 and params:
             link = net if lay.world // lay.pp > gpus_per_node else nvlink
-            traffic = params * (4 + 2) * (size - 1) / size / (link * BUS_EFFICIENCY)
-            # Megatron-FSDP gathers the parameters again for every micro-batch's forward and backward
-            dp_s += (DP_EXPOSED * traffic) + (DP_EXPOSED * M * params * 2 * 2 * (size - 1) / size / (link * BUS_EFFICIENCY)
-                                              if opts.fsdp else 0.0)
+            # Megatron-FSDP's per-layer gathers are prefetched behind compute: costed as the
+            # distributed optimizer's sync (docs/planning.md, "not modelled")
+            dp_s += DP_EXPOSED * params * (4 + 2) * (size - 1) / size / (link * BUS_EFFICIENCY)
+
+    # optimizer step on this rank's shard, and main-grad accumulation without TE's wgrad fusion
+    distributed = as_bool(args, "use_distributed_optimizer")
+    edp = max(1, lay.world // (lay.pp * lay.ep * lay.etp))
+    shard = dense_p / (lay.dp * lay.cp) + expert_p / edp if distributed else dense_p + expert_p
+    optim_s = OPTIMIZER_BYTES_PER_PARAM * shard / hbm
+    te = str(get(args, "transformer_impl", "transformer_engine")) == "transformer_engine" and not get(args, "spec", None)
+    if not (te and as_bool(args, "gradient_accumulation_fusion", True)):
+        optim_s += MAIN_GRAD_BYTES_PER_PARAM * (dense_p + expert_p) * M / hbm
 
     scale = M + bubble
     parts = {
@@ -266,8 +298,9 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
         "CP comm": cp_s * M,
         "PP p2p": pp_s * M,
         "DP grad/param sync": dp_s,
+        "optimizer + main-grad": optim_s,
     }
-    return StepPrediction(step_s=per_mb * scale + dp_s, parts=parts, microbatches=M)
+    return StepPrediction(step_s=per_mb * scale + dp_s + optim_s, parts=parts, microbatches=M)
 
 
 @dataclass
