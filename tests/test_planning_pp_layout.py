@@ -75,7 +75,14 @@ def test_published_qwen3_235b_layout_resolves_renders_and_places_stages():
     assert est.in_flight > 1 and len(est.per_rank_peak) == 8
     # without the layout the same knobs are refused, with the suite's message
     with pytest.raises(BenchError, match="does not split evenly"):
-        resolve_run([a for a in argv if not a.startswith("PP_LAYOUT")], {"CLUSTER": "template"})
+        resolve_run([a for a in argv if not a.startswith("PP_LAYOUT")] + ["PP_LAYOUT=", "VPP=4"], {"CLUSTER": "template"})
+    # the user's own flag is read the same way (and replaces the knobs' pipeline flags)
+    run = resolve_run([a for a in argv if not a.startswith("PP_LAYOUT")] + ["PP_LAYOUT=", "--pipeline-model-parallel-layout",
+                                                                             "Ett|(ttt|)*30ttL"], {"CLUSTER": "template"})
+    assert estimate_memory(run).per_rank_peak == est.per_rank_peak
+    with pytest.raises(BenchError, match="places 93 transformer layers"):
+        resolve_run([a for a in argv if not a.startswith("PP_LAYOUT")] + ["PP_LAYOUT=", "--pipeline-model-parallel-layout",
+                                                                           "Et|(ttt|)*30ttL"], {"CLUSTER": "template"})
 
 
 def test_layout_places_embedding_loss_and_mtp_where_it_says():

@@ -201,11 +201,15 @@ def resolve_run(
     extra_dict = F.tokens_to_dict(extra)
     arch = F.megatron_arg_dict({**{k: v for k, v in model_flags.items() if v not in (None, False)}, **extra_dict})
     world = knobs.NNODES * gpus_per_node
-    check_layout(
-        Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN,
-               pp_layout=knobs.PP_LAYOUT or str(arch.get("pipeline_model_parallel_layout") or "")),
-        arch,
-    )
+    extra_layout = str(extra_dict.get("--pipeline-model-parallel-layout") or "")
+    if extra_layout:
+        # the user's flag replaces the knobs' pipeline flags (flags.LAYOUT_OVERRIDE_FLAGS): check it alone
+        lay = Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, 1, 0, 0, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN,
+                     pp_layout=extra_layout)
+    else:
+        lay = Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS,
+                     knobs.NUM_LAYERS, knobs.SEQ_LEN, pp_layout=knobs.PP_LAYOUT)
+    check_layout(lay, arch)
     if knobs.A2A_OVERLAP and knobs.EP == 1:
         raise BenchError("A2A_OVERLAP=1 needs EP>1", hint="set EP>1 or A2A_OVERLAP=0")
     if knobs.PR == "mxfp8" and cluster.GPU_TYPE not in BLACKWELL_TYPES:

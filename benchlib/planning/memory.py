@@ -553,11 +553,13 @@ def _flops(args: Args, lay: Layout) -> float | None:
 
 def run_layout(run: Any) -> Layout:
     k = run.knobs
-    text = k.PP_LAYOUT or str(run.flags.get("--pipeline-model-parallel-layout") or "")
-    lay = Layout(world=run.world_size, tp=k.TP, pp=k.PP, ep=k.EP, etp=k.ETP, cp=k.CP, vpp=k.VPP,
-                 pp_first=k.PP_FIRST, pp_last=k.PP_LAST, mbs=k.MBS, gbs=k.GBS, num_layers=k.NUM_LAYERS, seq_len=k.SEQ_LEN,
-                 pp_layout=text)
-    return dataclasses.replace(lay, vpp=lay.virtual_stages) if text else lay
+    text = str(run.flags.get("--pipeline-model-parallel-layout") or "")  # PP_LAYOUT or the user's own flag
+    if text:
+        lay = Layout(world=run.world_size, tp=k.TP, pp=k.PP, ep=k.EP, etp=k.ETP, cp=k.CP, vpp=1, pp_first=0, pp_last=0,
+                     mbs=k.MBS, gbs=k.GBS, num_layers=k.NUM_LAYERS, seq_len=k.SEQ_LEN, pp_layout=text)
+        return dataclasses.replace(lay, vpp=lay.virtual_stages)
+    return Layout(world=run.world_size, tp=k.TP, pp=k.PP, ep=k.EP, etp=k.ETP, cp=k.CP, vpp=k.VPP,
+                  pp_first=k.PP_FIRST, pp_last=k.PP_LAST, mbs=k.MBS, gbs=k.GBS, num_layers=k.NUM_LAYERS, seq_len=k.SEQ_LEN)
 
 
 def run_args(run: Any) -> dict[str, Any]:
