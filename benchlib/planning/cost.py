@@ -54,8 +54,10 @@ FLEX_EFFICIENCY = 0.9
 # layer and NCCL's all-to-all reach ~135 GB/s per H200 of 450 in this project's runs (EP2 and EP4 of
 # Qwen3-30B-A3B-Proxy vs one GPU: bench/results/h200x2_ep2_qwen3-30b-a3b-proxy_fastops_mbs4.json,
 # h200x4_ep4_qwen3-30b-a3b-proxy_fastops_mbs4.json, h200x1_qwen3-30b-a3b-proxy_fastops_mbs4.json:
-# +1.9 to +3 ms per all-to-all of 268 / 403 MB).
-NCCL_A2A_NVLINK_EFFICIENCY = 0.3
+# +1.9 to +3 ms per all-to-all of 268 / 403 MB). Measured on NVLink only; applied to the network
+# link as well (the host sync and NCCL's all-to-all are the dispatcher's, not the link's), which
+# is unverified across nodes: every published cross-node EP recipe uses DeepEP/HybridEP.
+NCCL_A2A_EFFICIENCY = 0.3
 # Optimizer step and fp32 main-gradient accumulation, memory-bound, from the same H200 profile
 # (about 68 ms AdamW step and 98 ms main-grad adds per step for ~3.1e9 parameters, 8 micro-batches):
 # bytes moved per parameter of the local optimizer shard per step, and per parameter per
@@ -243,8 +245,8 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
             # NCCL all-to-all (allgather is costed the same): every routed copy travels on its own
             net_copies = copies * (group - gpus_in_domain) / group
             nvl_copies = copies * (gpus_in_domain - 1) / group
-            per_a2a = tokens * token_bytes * (net_copies / (net * BUS_EFFICIENCY)
-                                              + nvl_copies / (nvlink * NCCL_A2A_NVLINK_EFFICIENCY))
+            per_a2a = tokens * token_bytes * (net_copies / (net * NCCL_A2A_EFFICIENCY)
+                                              + nvl_copies / (nvlink * NCCL_A2A_EFFICIENCY))
         n_a2a = A2A_PER_LAYER + (2 if full or "moe" in mods else 0)
         ep_s = n_a2a * n_moe * per_a2a
     ep_exposed = ep_s
