@@ -112,3 +112,42 @@ def test_layout_conflicts_are_refused_before_rendering(extra, match):
             "PP_LAYOUT=Et|(tt|)*30mL"] + extra
     with pytest.raises(BenchError, match=match):
         resolve_run(argv, {"CLUSTER": "template"})
+
+
+def test_plan_lists_the_published_layouts_with_their_breakdown():
+    """Issue 19: layout strings, VPP 3 and EP across nodes with DeepEP are candidates."""
+    from benchlib.planning.planner import plan
+
+    result = plan("Qwen3-235B-A22B", nodes=32, gpu="H100")
+    by_knobs = {(c.knobs["TP"], c.knobs["PP"], c.knobs["EP"], c.knobs["VPP"], c.knobs["PP_LAYOUT"], c.knobs["DISPATCHER"],
+                 c.knobs["A2A_OVERLAP"]): c for c in result.ranked}
+    published = by_knobs[(2, 8, 32, 4, "Ett|(ttt|)*30ttL", "deepep", True)]
+    assert published.parts["EP all-to-all"] > 0 and published.parts["GEMM + attention"] > 0
+    assert "PP_LAYOUT='Ett|(ttt|)*30ttL'" in published.layout_str() and "DISPATCHER=deepep" in published.layout_str()
+    # the same layout without the overlap, and with NCCL's all-to-all, are slower
+    assert by_knobs[(2, 8, 32, 4, "Ett|(ttt|)*30ttL", "deepep", False)].iteration_s > published.iteration_s
+    assert by_knobs[(2, 8, 32, 4, "Ett|(ttt|)*30ttL", "alltoall", True)].iteration_s > published.iteration_s
+    assert any(k[3] == 3 and k[4] for k in by_knobs)  # VPP 3 through a layout string
+    # the shipped H100 row is the published recipe and is ranked among the candidates
+    assert result.default is not None and result.default.knobs["PP_LAYOUT"] == "Ett|(ttt|)*30ttL"
+
+
+def test_estimate_json_gives_the_prediction_beside_the_memory(capsys):
+    import json
+
+    from benchlib.cli import main
+
+    assert main(["estimate", "Qwen3-235B-A22B", "CLUSTER=template", "GPU_TYPE=H100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fits"] is True and out["predicted_step_time_s"] > 0
+    tokens = 2048 * 4096
+    assert out["predicted_tokens_per_s_per_gpu"] == pytest.approx(tokens / out["predicted_step_time_s"] / 256)
+    assert sum(out["predicted_parts_s"].values()) == pytest.approx(out["predicted_step_time_s"])
+    assert out["cost_options"]["dispatcher"] == "deepep" and out["cost_options"]["a2a_overlap"] is True
+    # a different layout, given as knobs, changes the prediction
+    assert main(["estimate", "Qwen3-235B-A22B", "CLUSTER=template", "GPU_TYPE=H100", "A2A_OVERLAP=0", "--json"]) == 0
+    slower = json.loads(capsys.readouterr().out)
+    assert slower["predicted_step_time_s"] > out["predicted_step_time_s"]
+    assert main(["estimate", "Qwen3-235B-A22B", "CLUSTER=template", "GPU_TYPE=H100"]) == 0
+    text = capsys.readouterr().out
+    assert "predicted step time" in text and "TFLOP/s/GPU" in text and "EP all-to-all" in text
