@@ -27,10 +27,9 @@ TABLE = yaml.safe_load((REPO / "tests/fixtures/planning/published.yaml").read_te
 # but kept out of the error targets (an assumed dispatcher would decide the answer).
 TARGET_ROWS = [r for r in TABLE if "unstated" not in r or "dispatcher" not in r["unstated"]]
 
-# Reached by the model today (docs/planning.md "Accuracy"); the issue's targets are 1.15 and 1.4.
-REACHED_MEDIAN, REACHED_MAX_BF16 = 1.13, 1.52
+# The issue's targets (met); ranking: reached today, the full target kept as a strict xfail.
 TARGET_MEDIAN, TARGET_MAX_BF16 = 1.15, 1.4
-REACHED_CONCORDANT_PAIRS = 3  # of the pairs with different published figures in one model and scale
+REACHED_CONCORDANT_PAIRS = 6  # of the 9 pairs with different published figures in one model and scale
 
 
 def _predict(row: dict) -> float:
@@ -62,19 +61,12 @@ def test_every_row_is_cited_and_complete():
         assert {"TP", "PP", "EP", "MBS", "GBS", "DISPATCHER", "RECOMPUTE"} <= set(r["knobs"]), r["id"]
 
 
-def test_typical_and_worst_error_as_reached(predictions):
+def test_typical_error_and_worst_bf16_row_meet_the_targets(predictions):
     errors = _errors(predictions, TARGET_ROWS)
     bf16 = _errors(predictions, [r for r in TARGET_ROWS if r["precision"] == "bf16"])
-    assert statistics.median(errors) <= REACHED_MEDIAN
-    assert max(bf16) <= REACHED_MAX_BF16
-
-
-@pytest.mark.xfail(strict=True, reason="issue 19's target not reached: the worst BF16 row "
-                   "(Qwen3-235B TP4 EP8 DeepEP, 167 published) is predicted 1.5x too fast")
-def test_issue_targets(predictions):
-    errors = _errors(predictions, TARGET_ROWS)
-    bf16 = _errors(predictions, [r for r in TARGET_ROWS if r["precision"] == "bf16"])
-    assert statistics.median(errors) <= TARGET_MEDIAN and max(bf16) <= TARGET_MAX_BF16
+    assert len(bf16) >= 6
+    assert statistics.median(errors) <= TARGET_MEDIAN
+    assert max(bf16) <= TARGET_MAX_BF16
 
 
 def _pairs(predictions):
@@ -91,13 +83,17 @@ def _pairs(predictions):
 def test_ranking_within_a_model_and_scale_as_reached(predictions):
     pairs = list(_pairs(predictions))
     assert sum(ok for *_, ok in pairs) >= REACHED_CONCORDANT_PAIRS
-    # the A2A overlap pair (same layout, published 245 -> 276) is ranked right
     by_id = {f["id"] + ">" + s["id"]: ok for f, s, ok in pairs}
+    # the A2A overlap pair (same layout, published 245 -> 276) is ranked right
     assert by_id["qwen3-235b-h100-ep32-deepep-overlap>qwen3-235b-h100-ep32-deepep"]
+    # cross-node EP32 with DeepEP (245) above both intra-node EP8 layouts (200, 167), and those in order
+    assert by_id["qwen3-235b-h100-ep32-deepep>qwen3-235b-h100-ep8-pp32-alltoall"]
+    assert by_id["qwen3-235b-h100-ep32-deepep>qwen3-235b-h100-tp4-ep8-deepep"]
+    assert by_id["qwen3-235b-h100-ep8-pp32-alltoall>qwen3-235b-h100-tp4-ep8-deepep"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 19's target not reached: intra-node EP8 layouts "
-                   "(published 200, 167) are still predicted faster than cross-node EP32 (245)")
+@pytest.mark.xfail(strict=True, reason="issue 19's ranking target not reached: the Megatron-FSDP row "
+                   "(EP8, full recompute, MBS 4; published 276) is predicted the slowest of the five")
 def test_issue_ranking_target(predictions):
     assert all(ok for *_, ok in _pairs(predictions))
 

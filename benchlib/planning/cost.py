@@ -64,6 +64,10 @@ NCCL_A2A_EFFICIENCY = 0.3
 # micro-batch when the wgrad GEMM does not accumulate into the main gradient itself (no TE).
 OPTIMIZER_BYTES_PER_PARAM = 105.0
 MAIN_GRAD_BYTES_PER_PARAM = 19.0
+# With Transformer Engine's gradient-accumulation fusion the wgrad GEMM adds into the fp32 main
+# gradient itself: its epilogue still reads and writes it, 4 + 4 bytes per local parameter per
+# micro-batch at HBM bandwidth (memory-bound; it matters where a GPU holds many expert weights).
+FUSED_WGRAD_BYTES_PER_PARAM = 8.0
 # All-to-alls per MoE layer and micro-batch: dispatch + combine, forward and backward.
 A2A_PER_LAYER = 4
 # --- A2A_OVERLAP (--overlap-moe-expert-parallel-comm): one micro-batch's all-to-all runs beside
@@ -287,8 +291,9 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     shard = dense_p / (lay.dp * lay.cp) + expert_p / edp if distributed else dense_p + expert_p
     optim_s = OPTIMIZER_BYTES_PER_PARAM * shard / hbm
     te = str(get(args, "transformer_impl", "transformer_engine")) == "transformer_engine" and not get(args, "spec", None)
-    if not (te and as_bool(args, "gradient_accumulation_fusion", True)):
-        optim_s += MAIN_GRAD_BYTES_PER_PARAM * (dense_p + expert_p) * M / hbm
+    fused = te and as_bool(args, "gradient_accumulation_fusion", True)
+    grad_bytes = FUSED_WGRAD_BYTES_PER_PARAM if fused else MAIN_GRAD_BYTES_PER_PARAM
+    optim_s += grad_bytes * (dense_p + expert_p) * M / hbm
 
     scale = M + bubble
     parts = {
