@@ -151,3 +151,27 @@ def test_estimate_json_gives_the_prediction_beside_the_memory(capsys):
     assert main(["estimate", "Qwen3-235B-A22B", "CLUSTER=template", "GPU_TYPE=H100"]) == 0
     text = capsys.readouterr().out
     assert "predicted step time" in text and "TFLOP/s/GPU" in text and "EP all-to-all" in text
+
+
+@pytest.mark.megatron
+@pytest.mark.slow
+@pytest.mark.parametrize("knobs", [
+    # ModelZoo best_practice/qwen3/readme.md, intra-node EP row: A2A, TP2 PP32 VPP3 EP8 (1 layer a stage)
+    ["MODEL=Qwen3-235B-A22B", "TP=2", "PP=32", "EP=8", "VPP=3", "PP_LAYOUT=E|(t|)*94L", "DISPATCHER=alltoall",
+     "A2A_OVERLAP=0"],
+    # ModelZoo best_practice/deepseek-v3/run_deepseek_v3_h100.sh, the optimizer-offload layout
+    ["MODEL=DeepSeek-V3", "TP=1", "PP=8", "EP=32", "NNODES=32", "GBS=8192", "VPP=4", "PP_LAYOUT=Et*2|(tt|)*22t|(tt|)*7mL",
+     "A2A_OVERLAP=0", "OPTIMIZER_OFFLOAD=1", "RECOMPUTE_MODULES=mla_up_proj moe mlp layernorm"],
+])
+def test_megatron_validates_published_layout_strings(knobs, clean_env):
+    """`benchlib validate` renders PP_LAYOUT as --pipeline-model-parallel-layout and Megatron-Core's
+    own validate_args (on this CPU) accepts it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "benchlib", "validate", "CLUSTER=template", "GPU_TYPE=H100", *knobs],
+                          env=clean_env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "ok: Megatron-Core accepts" in proc.stdout
