@@ -1,16 +1,12 @@
 """`benchlib plan`: enumerate valid parallel layouts that fit, rank them by a cost model.
 
-Candidates: TP, CP, PP (with uneven first/last stages where the layer count needs them), VPP,
-EP, ETP, MBS and recompute (none / selective / full). Each is checked by the suite's own layout
-checks (`benchlib.config.layout.check_layout`, the ones a launch runs) and by the memory estimate; the
-survivors are ranked by the estimated iteration time of the cost model below (docs/planning.md
-derives every constant).
-
-Cost model, per iteration (one pipeline's view; all DP replicas run in parallel):
-    t_mb  = compute of the slowest stage for one micro-batch (FLOPs / (peak * efficiency))
-          + exposed TP, EP (all-to-all) and CP communication of that micro-batch
-    T     = t_mb * (M + (PP - 1) / VPP)          # M micro-batches + the pipeline bubble
-          + DP_EXPOSED * (gradient reduce-scatter + parameter all-gather)
+Candidates: TP, CP, PP (uneven first/last stages where the layer count needs them, or a
+`PP_LAYOUT` string that counts embedding and loss as layers, as the published recipes do), VPP
+(1 to 8), EP, ETP, MBS, recompute (none / selective / full), and for EP > 1 the dispatcher
+(NCCL alltoall, or DeepEP / HybridEP) with and without A2A overlap. Each layout is checked by the
+suite's own layout checks (`benchlib.config.layout.check_layout`, the ones a launch runs) and by
+the memory estimate; the survivors are ranked by the predicted step time of
+`benchlib.planning.cost` (docs/planning.md derives every constant).
 """
 from __future__ import annotations
 
@@ -88,12 +84,14 @@ class PlanResult:
     default_note: str
     seconds: float
     notes: list[str] = field(default_factory=list)
+    layouts_fit: int = 0  # layouts that fit; `ranked` adds their dispatcher / A2A-overlap variants
 
     def to_json(self, top: int) -> dict[str, Any]:
         return {
             "model": self.model, "gpu": self.gpu, "nodes": self.nodes, "gpus_per_node": self.gpus_per_node,
             "gbs": self.gbs, "seq_len": self.seq_len, "considered": self.considered, "invalid": self.invalid,
-            "too_big": self.too_big, "valid": len(self.ranked), "seconds": round(self.seconds, 2),
+            "too_big": self.too_big, "valid": len(self.ranked), "layouts_fit": self.layouts_fit,
+            "seconds": round(self.seconds, 2),
             "top": [c.to_json() for c in self.ranked[:top]],
             "default": self.default.to_json() if self.default else None, "default_note": self.default_note,
         }
@@ -210,7 +208,7 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
         tps, cps = [1], [1]
     eps = _divisors(shape.num_experts) if shape.num_experts else [1]
     ranked: list[Candidate] = []
-    considered = invalid = too_big = 0
+    considered = invalid = too_big = layouts_fit = 0
 
     flex = "hybridep" if spec.nvlink_domain > spec.gpus_per_node else "deepep"
     dispatchers = ("alltoall", flex) if backend == "te" else ("alltoall",)
@@ -285,6 +283,7 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
                                     cands = evaluate(full_knobs, lay)
                                     if cands:
                                         ranked.extend(cands)
+                                        layouts_fit += 1
                                         break  # the lightest recompute that fits
                                 else:
                                     too_big += 1
@@ -319,7 +318,7 @@ def plan(model: str, *, nodes: int, gpu: str, seq_len: int | None = None, gbs: i
         note += f" (its runtime.conf row is for NNODES={k0.NNODES})"
     return PlanResult(model=model, gpu=spec.name, nodes=nodes, gpus_per_node=gpn, gbs=batch, seq_len=seq, ranked=ranked,
                       considered=considered, invalid=invalid, too_big=too_big, default=default, default_note=note,
-                      seconds=time.monotonic() - start)
+                      seconds=time.monotonic() - start, layouts_fit=layouts_fit)
 
 
 def _fmt(k: dict[str, Any]) -> str:
@@ -330,8 +329,9 @@ def _fmt(k: dict[str, Any]) -> str:
 def print_plan(result: PlanResult, top: int, out: TextIO) -> None:
     r = result
     out.write(f"{r.model} on {r.nodes} x {r.gpus_per_node} {r.gpu} (GBS={r.gbs}, SEQ_LEN={r.seq_len}): "
-              f"{len(r.ranked)} valid layouts that fit, of {r.considered} considered "
-              f"({r.invalid} invalid, {r.too_big} over memory) in {r.seconds:.1f} s\n")
+              f"{r.layouts_fit} valid layouts that fit, of {r.considered} considered "
+              f"({r.invalid} invalid, {r.too_big} over memory) in {r.seconds:.1f} s; "
+              f"{len(r.ranked)} candidates with their dispatcher / A2A-overlap variants\n")
     out.write(f"{'rank':>4}  {'est. s/iter':>11}  {'tok/s/GPU':>9}  {'MFU':>5}  {'mem GiB':>7}  layout  |  where the time goes\n")
     shown = r.ranked[:top]
     for c in shown:
