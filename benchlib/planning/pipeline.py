@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from benchlib.core.errors import BenchError
 from benchlib.config import pp_layout as ppl
 from benchlib.config.layout import Layout, stage_layer_counts
 from benchlib.planning.arch import ModelShape, get
