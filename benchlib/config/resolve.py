@@ -23,6 +23,7 @@ from benchlib.config.cluster import CLUSTER_KEYS, ClusterConfig, load_cluster
 from benchlib.core.gpus import BLACKWELL_TYPES, match_device_name
 from benchlib.core.errors import BenchError, did_you_mean
 from benchlib.config.knobs import KNOB_NAMES, Knobs, check_knob_name, coerce
+from benchlib.config import pp_layout
 from benchlib.config.layout import Layout, check_layout
 from benchlib.config.model_config import ModelConfig, load_model, substitute
 from benchlib.core.paths import SUITE_ROOT
@@ -115,7 +116,13 @@ def detect_local_gpu_type() -> str:
 
 
 def _job_name(k: Knobs) -> str:
-    layout = f"TP{k.TP}PP{k.PP}EP{k.EP}" + (f"CP{k.CP}" if k.CP > 1 else "") + (f"VPP{k.VPP}" if k.VPP > 1 else "")
+    vpp = k.VPP
+    if k.PP_LAYOUT and k.PP >= 1:
+        try:  # the layout decides VPP; a bad one is refused with its reason by the layout check
+            vpp = pp_layout.parse(k.PP_LAYOUT, k.PP).vpp
+        except BenchError:
+            pass
+    layout = f"TP{k.TP}PP{k.PP}EP{k.EP}" + (f"CP{k.CP}" if k.CP > 1 else "") + (f"VPP{vpp}" if vpp > 1 else "")
     name = f"{k.MODEL}-{layout}-{k.PR}"
     if k.COMMENT:
         name += "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", k.COMMENT)
