@@ -45,9 +45,9 @@ NONGEMM_PASSES = 65.0
 # adds) instead of 262: 2.93 times as much.
 NONGEMM_UNFUSED_FACTOR = 2.93
 # --- Links. NCCL reaches about BUS_EFFICIENCY of a link's peak on large messages (all-gather,
-# reduce-scatter, NCCL all-to-all). DeepEP / HybridEP kernels reach more: DeepEP's README
-# (deepseek-ai/DeepEP, normal kernels, H800 + CX7 400 Gb/s) reports ~153-158 GB/s NVLink of
-# 160 and 43-58 GB/s RDMA of 50 per GPU: FLEX_EFFICIENCY.
+# reduce-scatter). DeepEP / HybridEP kernels reach more: deepseek-ai/DeepEP docs/legacy.md (V1
+# performance table, commit 0297fc80; normal kernels, H800 + CX7 400 Gb/s) reports 153-158 GB/s
+# NVLink of ~160 and 43-58 GB/s RDMA of ~50 per GPU ("bottleneck bandwidth"): FLEX_EFFICIENCY.
 BUS_EFFICIENCY = 0.7
 FLEX_EFFICIENCY = 0.9
 # Megatron's NCCL all-to-all dispatcher inside a node moves far less: its token-count host sync per
