@@ -68,6 +68,10 @@ def _parallel_flags(k: Knobs, extra_flags: set[str]) -> FlagList:
         out.append(("--sequence-parallel", True))
     if extra_flags & set(LAYOUT_OVERRIDE_FLAGS):
         return out
+    if k.PP_LAYOUT:
+        # the layout fixes every stage and VPP itself; Megatron refuses it beside the other layout flags
+        out.append(("--pipeline-model-parallel-layout", k.PP_LAYOUT))
+        return out
     if k.PP_FIRST:
         out.append(("--decoder-first-pipeline-num-layers", k.PP_FIRST))
     if k.PP_LAST:

@@ -36,6 +36,12 @@ class Knobs:
     VPP: int = knob("Virtual pipeline stages per pipeline rank (1 = no interleaving).", 1)
     PP_FIRST: int = knob("Layers on the first pipeline stage (0 = even split).", 0, minimum=0)
     PP_LAST: int = knob("Layers on the last pipeline stage (0 = even split).", 0, minimum=0)
+    PP_LAYOUT: str = knob(
+        "Megatron's --pipeline-model-parallel-layout: stages split by |, E embedding, t layer, m MTP layer, "
+        "L loss, repetition x*N and (group)*N, e.g. 'Et|(tt|)*30mL'; PP x VPP stages (VPP follows from it). "
+        "Empty = PP_FIRST/PP_LAST/VPP.",
+        "",
+    )
     NNODES: int = knob("Number of nodes.", 1)
     # --- batch and shape -----------------------------------------------------------
     MBS: int = knob("Micro-batch size.", 1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchlib.core.errors import BenchError
+from benchlib.config import pp_layout as ppl
 from benchlib.config.layer_pattern import eval_layer_pattern
 
 
@@ -27,6 +28,14 @@ class Layout:
     gbs: int
     num_layers: int
     seq_len: int
+    pp_layout: str = ""  # Megatron's --pipeline-model-parallel-layout (PP_LAYOUT); "" = PP_FIRST/PP_LAST/VPP
+
+    @property
+    def virtual_stages(self) -> int:
+        """VPP as Megatron runs it: the layout's stage count / PP when a layout is given."""
+        if self.pp_layout:
+            return ppl.parse(self.pp_layout, self.pp).vpp
+        return self.vpp
 
     @property
     def dp(self) -> int:
@@ -38,7 +47,10 @@ class Layout:
 
 
 def stage_layer_counts(lay: Layout) -> list[int]:
-    """Layers per pipeline stage, honouring uneven first/last stages."""
+    """Layers per pipeline rank (all its virtual stages), honouring a layout or uneven first/last stages."""
+    if lay.pp_layout:
+        parsed = ppl.parse(lay.pp_layout, lay.pp)
+        return [sum(c.count("t") for c in parsed.rank_chunks(r)) for r in range(lay.pp)]
     if lay.pp == 1:
         return [lay.num_layers]
     first = lay.pp_first or None
@@ -109,17 +121,19 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
         raise BenchError(f"SEQ_LEN={lay.seq_len} is not divisible by 2*CP={2 * lay.cp}", hint="context parallelism splits each sequence into 2*CP chunks")
     if lay.tp > 1 and lay.seq_len % lay.tp:
         raise BenchError(f"SEQ_LEN={lay.seq_len} is not divisible by TP={lay.tp} (sequence parallel)")
-    if lay.pp == 1 and (lay.pp_first or lay.pp_last):
+    if lay.pp_layout:
+        _check_pp_layout(lay, arch)
+    elif lay.pp == 1 and (lay.pp_first or lay.pp_last):
         raise BenchError("PP_FIRST/PP_LAST are set but PP=1", hint="set PP_FIRST=0 PP_LAST=0, or PP>1")
-    if lay.pp == 1 and lay.vpp > 1:
+    elif lay.pp == 1 and lay.vpp > 1:
         raise BenchError(f"VPP={lay.vpp} needs PP>1", hint="set VPP=1 or raise PP")
-    if lay.pp > 1 and lay.pp_first == 0 and lay.pp_last == 0 and lay.num_layers % lay.pp:
+    elif lay.pp > 1 and lay.pp_first == 0 and lay.pp_last == 0 and lay.num_layers % lay.pp:
         raise BenchError(
             f"NUM_LAYERS={lay.num_layers} does not split evenly over PP={lay.pp} stages",
             hint="set PP_FIRST/PP_LAST for uneven first/last stages, or choose PP dividing NUM_LAYERS",
         )
     counts = stage_layer_counts(lay)
-    if lay.vpp > 1:
+    if lay.vpp > 1 and not lay.pp_layout:
         bad = [c for c in counts if c % lay.vpp]
         if bad:
             raise BenchError(
@@ -132,6 +146,27 @@ def check_layout(lay: Layout, arch: dict[str, Any]) -> None:
             f"GBS={lay.gbs} is not divisible by MBS*DP = {lay.mbs}*{dp} = {lay.mbs * dp}",
             hint=f"use a GBS that is a multiple of {lay.mbs * dp}",
         )
+
+
+def _check_pp_layout(lay: Layout, arch: dict[str, Any]) -> None:
+    """PP_LAYOUT as Megatron-Core 0.19.2 checks it (benchlib.config.pp_layout), in knob names."""
+    if lay.pp_first or lay.pp_last:
+        raise BenchError(
+            f"PP_LAYOUT is set together with PP_FIRST={lay.pp_first} / PP_LAST={lay.pp_last}",
+            hint="the layout places every layer itself: set PP_FIRST=0 PP_LAST=0",
+        )
+    if any(arch.get(k) for k in ("account_for_embedding_in_pipeline_split", "account_for_loss_in_pipeline_split")):
+        raise BenchError("PP_LAYOUT cannot be combined with --account-for-embedding/loss-in-pipeline-split",
+                         hint="the layout's E and L already say where embedding and loss go")
+    parsed = ppl.parse(lay.pp_layout, lay.pp)
+    if lay.vpp > 1 and lay.vpp != parsed.vpp:
+        raise BenchError(
+            f"VPP={lay.vpp} conflicts with PP_LAYOUT={lay.pp_layout!r}, which has {len(parsed.stages)} stages "
+            f"= PP {lay.pp} x VPP {parsed.vpp}",
+            hint=f"set VPP={parsed.vpp} or VPP=1 (the layout decides it)",
+        )
+    mtp = arch.get("mtp_num_layers") or 0
+    ppl.validate(parsed, lay.num_layers, int(mtp))
 
 
 def _divisors(n: int) -> list[int]:

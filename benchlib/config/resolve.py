@@ -25,6 +25,7 @@ from benchlib.config.input_checks import ascii_name, check_slurm_lengths, near_m
 from benchlib.core.gpus import BLACKWELL_TYPES, match_device_name
 from benchlib.core.errors import BenchError, did_you_mean
 from benchlib.config.knobs import KNOB_NAMES, Knobs, check_knob_name, coerce
+from benchlib.config import pp_layout
 from benchlib.config.layout import Layout, check_layout
 from benchlib.config.model_config import ModelConfig, load_model, substitute
 from benchlib.core.paths import SUITE_ROOT
@@ -117,7 +118,13 @@ def detect_local_gpu_type() -> str:
 
 
 def _job_name(k: Knobs) -> str:
-    layout = f"TP{k.TP}PP{k.PP}EP{k.EP}" + (f"CP{k.CP}" if k.CP > 1 else "") + (f"VPP{k.VPP}" if k.VPP > 1 else "")
+    vpp = k.VPP
+    if k.PP_LAYOUT and k.PP >= 1:
+        try:  # the layout decides VPP; a bad one is refused with its reason by the layout check
+            vpp = pp_layout.parse(k.PP_LAYOUT, k.PP).vpp
+        except BenchError:
+            pass
+    layout = f"TP{k.TP}PP{k.PP}EP{k.EP}" + (f"CP{k.CP}" if k.CP > 1 else "") + (f"VPP{vpp}" if vpp > 1 else "")
     name = f"{k.MODEL}-{layout}-{k.PR}"
     if k.COMMENT:
         name += "-" + ascii_name(k.COMMENT)  # the #SBATCH --comment keeps the original text
@@ -205,10 +212,15 @@ def resolve_run(
     extra_dict = F.tokens_to_dict(extra)
     arch = F.megatron_arg_dict({**{k: v for k, v in model_flags.items() if v not in (None, False)}, **extra_dict})
     world = knobs.NNODES * gpus_per_node
-    check_layout(
-        Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN),
-        arch,
-    )
+    extra_layout = str(extra_dict.get("--pipeline-model-parallel-layout") or "")
+    if extra_layout:
+        # the user's flag replaces the knobs' pipeline flags (flags.LAYOUT_OVERRIDE_FLAGS): check it alone
+        lay = Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, 1, 0, 0, knobs.MBS, knobs.GBS, knobs.NUM_LAYERS, knobs.SEQ_LEN,
+                     pp_layout=extra_layout)
+    else:
+        lay = Layout(world, knobs.TP, knobs.PP, knobs.EP, knobs.ETP, knobs.CP, knobs.VPP, knobs.PP_FIRST, knobs.PP_LAST, knobs.MBS, knobs.GBS,
+                     knobs.NUM_LAYERS, knobs.SEQ_LEN, pp_layout=knobs.PP_LAYOUT)
+    check_layout(lay, arch)
     if knobs.A2A_OVERLAP and knobs.EP == 1:
         raise BenchError("A2A_OVERLAP=1 needs EP>1", hint="set EP>1 or A2A_OVERLAP=0")
     if knobs.PR == "mxfp8" and cluster.GPU_TYPE not in BLACKWELL_TYPES:

@@ -59,6 +59,17 @@ def as_list(args: Args, key: str) -> list[str]:
     return [str(v) for v in value]
 
 
+_PATTERNS: dict[tuple[str, int], tuple[int, ...]] = {}
+
+
+def _pattern(freq: Any, layers: int) -> tuple[int, ...]:
+    """--moe-layer-freq as a 0/1 tuple; cached (the planner reads the same pattern thousands of times)."""
+    key = (repr(freq), layers)
+    if key not in _PATTERNS:
+        _PATTERNS[key] = tuple(layer_pattern(freq, layers))
+    return _PATTERNS[key]
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """What the memory model needs to know about the network (whole model, not per rank)."""
@@ -109,7 +120,7 @@ class ModelShape:
                 raise BenchError("memory model needs vocab_size", hint="add --vocab-size to the model config")
             vocab = pad_vocab(raw, as_int(args, "make_vocab_size_divisible_by", 128) or 128, tp)
         experts = as_int(args, "num_experts", 0) or 0
-        pattern = tuple(layer_pattern(get(args, "moe_layer_freq", 1), layers)) if experts else tuple([0] * layers)
+        pattern = _pattern(get(args, "moe_layer_freq", 1), layers) if experts else tuple([0] * layers)
         return ModelShape(
             num_layers=layers,
             hidden=h,
@@ -187,7 +198,7 @@ class ModelShape:
         """Layer kind; MTP layers (index >= num_layers) repeat the last decoder layer's kind."""
         if not self.num_experts:
             return False
-        return bool(self.moe_pattern[min(layer_index, self.num_layers - 1)])
+        return bool(self.moe_pattern[layer_index if layer_index < self.num_layers else self.num_layers - 1])
 
     def total_params(self) -> int:
         total = self.vocab * self.hidden * (2 if self.untied else 1) + self.hidden * self.norm_params

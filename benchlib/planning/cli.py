@@ -11,7 +11,7 @@ from benchlib.core.errors import BenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("estimate", help="per-rank GPU memory (most loaded rank) and FLOPs of a run, before queueing it")
+    p = sub.add_parser("estimate", help="per-rank GPU memory (most loaded rank), FLOPs and predicted step time of a run, before queueing it")
     p.add_argument("--record", type=Path, help="estimate a result record's megatron_args instead of a config (JSON)")
     p.add_argument("--log", type=Path, nargs="+", metavar="LOG",
                    help="estimate from a Megatron log's argument dump, and show its measured max allocated")
@@ -58,7 +58,10 @@ def _estimate(args: argparse.Namespace) -> int:
     for key, value in vars(found).items():
         setattr(args, key, value)
 
+    from benchlib.planning.cost import predict_from_args, predict_run
+
     measured = None
+    prediction = None
     if args.log:
         from benchlib.metrics.logparse import parse_log
         from benchlib.planning.memory import log_args
@@ -76,23 +79,35 @@ def _estimate(args: argparse.Namespace) -> int:
         from benchlib.planning.memory import args_from_record
 
         margs, backend = args_from_record(record)
-        est = estimate_from_args(margs, backend=backend, gpu_type=args.gpu or record.get("gpu_type"))
+        gpu = args.gpu or record.get("gpu_type")
+        est = estimate_from_args(margs, backend=backend, gpu_type=gpu)
+        if gpu:
+            prediction = predict_from_args(margs, gpu, record.get("gpus_per_node"))
     else:
         from benchlib.config.resolve import resolve_run
 
         run = resolve_run(_rest(args.rest), os.environ)
         est = estimate_memory(run)
+        prediction = predict_run(run)
         if args.gpu:
             from benchlib.planning.gpus import gpu_spec
 
             est.gpu_type, est.capacity = args.gpu, gpu_spec(args.gpu).memory_bytes
+            from benchlib.planning.memory import run_args, run_layout
+
+            prediction = predict_from_args(run_args(run), args.gpu, run.gpus_per_node, run_layout(run))
     if args.json:
         out = est.to_json()
         if measured is not None:
             out["measured_max_allocated_mb"] = measured
+        out["fits"] = est.fits()
+        if prediction is not None:
+            out.update(prediction.to_json())
         print(json.dumps(out, indent=2))
     else:
         print(est.table())
+        if prediction is not None:
+            print(prediction.table())
         if measured is not None:
             est_mb = est.peak_allocated / 2**20
             print(f"measured max allocated in the log: {measured:.0f} MB; estimate {est_mb:.0f} MB ({est_mb / measured - 1:+.1%})")

@@ -20,10 +20,12 @@ What is counted (docs/planning.md derives each term):
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from benchlib.core.errors import BenchError
+from benchlib.config import pp_layout as ppl
 from benchlib.config.layout import Layout
 from benchlib.planning.arch import Args, ModelShape, as_bool, as_float, as_int, as_list, get
 from benchlib.planning.gpus import GIB, MIB, gpu_spec
@@ -162,7 +164,10 @@ def layout_from_args(args: Args) -> Layout:
     ep = as_int(args, "expert_model_parallel_size", 1) or 1
     etp = as_int(args, "expert_tensor_parallel_size", tp) or tp
     layers = as_int(args, "num_layers", 1) or 1
+    text = str(get(args, "pipeline_model_parallel_layout", "") or "")
     vpp = as_int(args, "virtual_pipeline_model_parallel_size") or as_int(args, "num_virtual_stages_per_pipeline_rank")
+    if text and not vpp:
+        vpp = ppl.parse(text, pp).vpp
     if not vpp:
         per_stage = as_int(args, "num_layers_per_virtual_pipeline_stage")
         vpp = layers // (pp * per_stage) if per_stage else 1
@@ -175,7 +180,8 @@ def layout_from_args(args: Args) -> Layout:
     return Layout(world=world, tp=tp, pp=pp, ep=ep, etp=etp, cp=cp, vpp=vpp or 1,
                   pp_first=as_int(args, "decoder_first_pipeline_num_layers", 0) or 0,
                   pp_last=as_int(args, "decoder_last_pipeline_num_layers", 0) or 0,
-                  mbs=mbs, gbs=gbs, num_layers=layers, seq_len=as_int(args, "seq_length", 4096) or 4096)
+                  mbs=mbs, gbs=gbs, num_layers=layers, seq_len=as_int(args, "seq_length", 4096) or 4096,
+                  pp_layout=text)
 
 
 def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -589,6 +595,11 @@ def _flops(args: Args, lay: Layout) -> float | None:
 
 def run_layout(run: Any) -> Layout:
     k = run.knobs
+    text = str(run.flags.get("--pipeline-model-parallel-layout") or "")  # PP_LAYOUT or the user's own flag
+    if text:
+        lay = Layout(world=run.world_size, tp=k.TP, pp=k.PP, ep=k.EP, etp=k.ETP, cp=k.CP, vpp=1, pp_first=0, pp_last=0,
+                     mbs=k.MBS, gbs=k.GBS, num_layers=k.NUM_LAYERS, seq_len=k.SEQ_LEN, pp_layout=text)
+        return dataclasses.replace(lay, vpp=lay.virtual_stages)
     return Layout(world=run.world_size, tp=k.TP, pp=k.PP, ep=k.EP, etp=k.ETP, cp=k.CP, vpp=k.VPP,
                   pp_first=k.PP_FIRST, pp_last=k.PP_LAST, mbs=k.MBS, gbs=k.GBS, num_layers=k.NUM_LAYERS, seq_len=k.SEQ_LEN)
 

@@ -9,11 +9,10 @@ Embedding sits on rank 0; final norm, output layer, loss and MTP on the last ran
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from benchlib.core.errors import BenchError
+from benchlib.config import pp_layout as ppl
 from benchlib.config.layout import Layout, stage_layer_counts
 from benchlib.planning.arch import ModelShape, get
 
@@ -28,47 +27,19 @@ class RankStage:
 
 def expand_layout(text: str) -> list[str]:
     """'Et*3|(tt|)*2L' -> ['Ettt', 'tt', 'ttL']: Megatron's pipeline layout mini-language."""
-    s = text.replace(" ", "").replace(",", "")
-    group = re.compile(r"\(([^()]*)\)\*(\d+)")
-    while True:
-        new = group.sub(lambda m: m.group(1) * int(m.group(2)), s)
-        if new == s:
-            break
-        s = new
-    s = re.sub(r"([EtmL])\*(\d+)", lambda m: m.group(1) * int(m.group(2)), s)
-    if re.search(r"[^EtmL|]", s):
-        raise BenchError(f"cannot read pipeline layout {text!r}",
-                         hint="use Megatron's syntax: stages split by |, E t m L, repetitions like t*3 or (tt|)*4")
-    return s.split("|")
+    return ppl.expand(text)
 
 
 def rank_stages(shape: ModelShape, lay: Layout, args: Mapping[str, Any] | None = None) -> list[RankStage]:
     """Per pipeline rank: the layers it holds (all virtual chunks), and embedding / loss duties."""
     args = args or {}
     stages = [RankStage(rank=r) for r in range(lay.pp)]
-    text = get(args, "pipeline_model_parallel_layout", None)
+    text = lay.pp_layout or get(args, "pipeline_model_parallel_layout", None)
     if text:
-        chunks = expand_layout(str(text))
-        if len(chunks) % lay.pp:
-            raise BenchError(f"pipeline layout has {len(chunks)} stages, not a multiple of PP={lay.pp}",
-                             hint="write PP x VPP stages separated by |")
-        layer_i, mtp_i = 0, shape.num_layers
-        for i, chunk in enumerate(chunks):
-            st = stages[i % lay.pp]
-            for c in chunk:
-                if c == "t":
-                    st.layers.append(layer_i)
-                    layer_i += 1
-                elif c == "m":
-                    st.layers.append(mtp_i)
-                    mtp_i += 1
-                elif c == "E":
-                    st.embedding = True
-                elif c == "L":
-                    st.loss = True
-        if layer_i != shape.num_layers:
-            raise BenchError(f"pipeline layout places {layer_i} layers but the model has {shape.num_layers}",
-                             hint="make the number of t in the layout equal NUM_LAYERS")
+        parsed = ppl.parse(str(text), lay.pp)
+        ppl.validate(parsed, shape.num_layers, shape.mtp_layers)
+        for st, placed in zip(stages, ppl.rank_layers(parsed, shape.num_layers)):
+            st.layers, st.embedding, st.loss = placed["layers"], placed["embedding"], placed["loss"]
         return stages
     counts = stage_layer_counts(lay)
     v = max(1, lay.vpp)

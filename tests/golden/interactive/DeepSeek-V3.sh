@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run DeepSeek-V3-TP1PP16EP64-bf16; edit the configs, not this file.
+# Rendered by benchlib from the resolved run DeepSeek-V3-TP2PP8EP64VPP4-fp8; edit the configs, not this file.
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP1PP16EP64-bf16
-LOG=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP1PP16EP64-bf16/logs/train.log
+RUN_DIR=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP2PP8EP64VPP4-fp8
+LOG=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP2PP8EP64VPP4-fp8/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
@@ -37,8 +37,8 @@ set +e
   --nnodes=128 --nproc-per-node=8 \
   --master-addr="$MASTER_ADDR" --master-port=29500 \
   -m benchlib.megatron.driver \
-    --tensor-model-parallel-size 1 \
-    --pipeline-model-parallel-size 16 \
+    --tensor-model-parallel-size 2 \
+    --pipeline-model-parallel-size 8 \
     --expert-model-parallel-size 64 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
@@ -104,13 +104,17 @@ set +e
     --transformer-impl transformer_engine \
     --moe-permute-fusion \
     --bf16 \
+    --fp8-format e4m3 \
+    --fp8-recipe blockwise \
     --moe-token-dispatcher-type flex \
     --moe-flex-dispatcher-backend deepep \
     --moe-grouped-gemm \
-    --decoder-first-pipeline-num-layers 4 \
-    --decoder-last-pipeline-num-layers 1 \
+    --overlap-moe-expert-parallel-comm \
+    --delay-wgrad-compute \
+    --sequence-parallel \
+    --pipeline-model-parallel-layout 'Et|(tt|)*30mL' \
     --recompute-granularity selective \
-    --recompute-modules mla_up_proj moe layernorm \
+    --recompute-modules mla_up_proj mlp \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run Mixtral-8x22B-TP2PP8EP8-bf16; edit the configs, not this file.
+# Rendered by benchlib from the resolved run Mixtral-8x22B-TP2PP8EP8VPP7-bf16; edit the configs, not this file.
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8-bf16
-LOG=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8-bf16/logs/train.log
+RUN_DIR=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8VPP7-bf16
+LOG=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8VPP7-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
@@ -90,6 +90,7 @@ set +e
     --moe-token-dispatcher-type alltoall \
     --moe-grouped-gemm \
     --sequence-parallel \
+    --num-virtual-stages-per-pipeline-rank 7 \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

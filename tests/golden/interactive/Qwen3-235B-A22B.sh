@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run Qwen3-235B-A22B-TP4PP8EP8-bf16; edit the configs, not this file.
+# Rendered by benchlib from the resolved run Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16; edit the configs, not this file.
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP4PP8EP8-bf16
-LOG=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP4PP8EP8-bf16/logs/train.log
+RUN_DIR=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16
+LOG=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
@@ -37,9 +37,9 @@ set +e
   --nnodes=32 --nproc-per-node=8 \
   --master-addr="$MASTER_ADDR" --master-port=29500 \
   -m benchlib.megatron.driver \
-    --tensor-model-parallel-size 4 \
+    --tensor-model-parallel-size 2 \
     --pipeline-model-parallel-size 8 \
-    --expert-model-parallel-size 8 \
+    --expert-model-parallel-size 32 \
     --expert-tensor-parallel-size 1 \
     --context-parallel-size 1 \
     --micro-batch-size 1 \
@@ -88,11 +88,15 @@ set +e
     --transformer-impl transformer_engine \
     --moe-permute-fusion \
     --bf16 \
-    --moe-token-dispatcher-type alltoall \
+    --moe-token-dispatcher-type flex \
+    --moe-flex-dispatcher-backend deepep \
     --moe-grouped-gemm \
+    --overlap-moe-expert-parallel-comm \
+    --delay-wgrad-compute \
     --sequence-parallel \
-    --decoder-first-pipeline-num-layers 13 \
-    --decoder-last-pipeline-num-layers 9 \
+    --pipeline-model-parallel-layout 'Ett|(ttt|)*30ttL' \
+    --recompute-granularity selective \
+    --recompute-modules moe_act layernorm \
     --mock-data \
     --tokenizer-type NullTokenizer \
     --train-iters 50 \

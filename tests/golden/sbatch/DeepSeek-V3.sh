@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run DeepSeek-V3-TP1PP16EP64-bf16; edit the configs, not this file.
-#SBATCH --job-name=DeepSeek-V3-TP1PP16EP64-bf16
+# Rendered by benchlib from the resolved run DeepSeek-V3-TP2PP8EP64VPP4-fp8; edit the configs, not this file.
+#SBATCH --job-name=DeepSeek-V3-TP2PP8EP64VPP4-fp8
 #SBATCH --nodes=128
 #SBATCH --ntasks-per-node=8
 #SBATCH --time=00:40:00
-#SBATCH --output=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP1PP16EP64-bf16/logs/slurm-%j.out
+#SBATCH --output=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP2PP8EP64VPP4-fp8/logs/slurm-%j.out
 #SBATCH --gpus-per-node=8
 #SBATCH --account=my_account
 #SBATCH --partition=batch
@@ -13,8 +13,8 @@
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP1PP16EP64-bf16
-LOG=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP1PP16EP64-bf16/logs/train.log
+RUN_DIR=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP2PP8EP64VPP4-fp8
+LOG=/runs/DeepSeek-V3/20260101-000000-DeepSeek-V3-TP2PP8EP64VPP4-fp8/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 PYTHON=python3
 MARKER="$RUN_DIR/INCOMPLETE"
@@ -90,8 +90,8 @@ note "launch $REPEAT of 1 (REPEATS)"
   srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
     bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
     python3 -m benchlib.megatron.driver \
-      --tensor-model-parallel-size 1 \
-      --pipeline-model-parallel-size 16 \
+      --tensor-model-parallel-size 2 \
+      --pipeline-model-parallel-size 8 \
       --expert-model-parallel-size 64 \
       --expert-tensor-parallel-size 1 \
       --context-parallel-size 1 \
@@ -157,13 +157,17 @@ note "launch $REPEAT of 1 (REPEATS)"
       --transformer-impl transformer_engine \
       --moe-permute-fusion \
       --bf16 \
+      --fp8-format e4m3 \
+      --fp8-recipe blockwise \
       --moe-token-dispatcher-type flex \
       --moe-flex-dispatcher-backend deepep \
       --moe-grouped-gemm \
-      --decoder-first-pipeline-num-layers 4 \
-      --decoder-last-pipeline-num-layers 1 \
+      --overlap-moe-expert-parallel-comm \
+      --delay-wgrad-compute \
+      --sequence-parallel \
+      --pipeline-model-parallel-layout 'Et|(tt|)*30mL' \
       --recompute-granularity selective \
-      --recompute-modules mla_up_proj moe layernorm \
+      --recompute-modules mla_up_proj mlp \
       --mock-data \
       --tokenizer-type NullTokenizer \
       --train-iters 50 \

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run Mixtral-8x22B-TP2PP8EP8-bf16; edit the configs, not this file.
-#SBATCH --job-name=Mixtral-8x22B-TP2PP8EP8-bf16
+# Rendered by benchlib from the resolved run Mixtral-8x22B-TP2PP8EP8VPP7-bf16; edit the configs, not this file.
+#SBATCH --job-name=Mixtral-8x22B-TP2PP8EP8VPP7-bf16
 #SBATCH --nodes=16
 #SBATCH --ntasks-per-node=8
 #SBATCH --time=00:20:00
-#SBATCH --output=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8-bf16/logs/slurm-%j.out
+#SBATCH --output=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8VPP7-bf16/logs/slurm-%j.out
 #SBATCH --gpus-per-node=8
 #SBATCH --account=my_account
 #SBATCH --partition=batch
@@ -13,8 +13,8 @@
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8-bf16
-LOG=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8-bf16/logs/train.log
+RUN_DIR=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8VPP7-bf16
+LOG=/runs/Mixtral-8x22B/20260101-000000-Mixtral-8x22B-TP2PP8EP8VPP7-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 PYTHON=python3
 MARKER="$RUN_DIR/INCOMPLETE"
@@ -143,6 +143,7 @@ note "launch $REPEAT of 1 (REPEATS)"
       --moe-token-dispatcher-type alltoall \
       --moe-grouped-gemm \
       --sequence-parallel \
+      --num-virtual-stages-per-pipeline-rank 7 \
       --mock-data \
       --tokenizer-type NullTokenizer \
       --train-iters 50 \

@@ -1,10 +1,10 @@
 #!/bin/bash
-# Rendered by benchlib from the resolved run Qwen3-235B-A22B-TP4PP8EP8-bf16; edit the configs, not this file.
-#SBATCH --job-name=Qwen3-235B-A22B-TP4PP8EP8-bf16
+# Rendered by benchlib from the resolved run Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16; edit the configs, not this file.
+#SBATCH --job-name=Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16
 #SBATCH --nodes=32
 #SBATCH --ntasks-per-node=8
 #SBATCH --time=00:20:00
-#SBATCH --output=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP4PP8EP8-bf16/logs/slurm-%j.out
+#SBATCH --output=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16/logs/slurm-%j.out
 #SBATCH --gpus-per-node=8
 #SBATCH --account=my_account
 #SBATCH --partition=batch
@@ -13,8 +13,8 @@
 # No `set -x`: the environment may hold secrets (WANDB_API_KEY is inherited, never rendered).
 set -euo pipefail
 
-RUN_DIR=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP4PP8EP8-bf16
-LOG=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP4PP8EP8-bf16/logs/train.log
+RUN_DIR=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16
+LOG=/runs/Qwen3-235B-A22B/20260101-000000-Qwen3-235B-A22B-TP2PP8EP32VPP4-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
 PYTHON=python3
 MARKER="$RUN_DIR/INCOMPLETE"
@@ -90,9 +90,9 @@ note "launch $REPEAT of 1 (REPEATS)"
   srun "${SRUN_ARGS[@]}" "${CONTAINER_ARGS[@]}" \
     bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' task \
     python3 -m benchlib.megatron.driver \
-      --tensor-model-parallel-size 4 \
+      --tensor-model-parallel-size 2 \
       --pipeline-model-parallel-size 8 \
-      --expert-model-parallel-size 8 \
+      --expert-model-parallel-size 32 \
       --expert-tensor-parallel-size 1 \
       --context-parallel-size 1 \
       --micro-batch-size 1 \
@@ -141,11 +141,15 @@ note "launch $REPEAT of 1 (REPEATS)"
       --transformer-impl transformer_engine \
       --moe-permute-fusion \
       --bf16 \
-      --moe-token-dispatcher-type alltoall \
+      --moe-token-dispatcher-type flex \
+      --moe-flex-dispatcher-backend deepep \
       --moe-grouped-gemm \
+      --overlap-moe-expert-parallel-comm \
+      --delay-wgrad-compute \
       --sequence-parallel \
-      --decoder-first-pipeline-num-layers 13 \
-      --decoder-last-pipeline-num-layers 9 \
+      --pipeline-model-parallel-layout 'Ett|(ttt|)*30ttL' \
+      --recompute-granularity selective \
+      --recompute-modules moe_act layernorm \
       --mock-data \
       --tokenizer-type NullTokenizer \
       --train-iters 50 \

@@ -1,0 +1,375 @@
+"""Predicted step time of one layout: the planner's cost model (docs/planning.md derives every constant).
+
+Per iteration, one pipeline's view (all DP replicas run in parallel):
+
+    per_mb = slowest pipeline rank's work for one micro-batch:
+             GEMMs (FP8 peak only for the GEMMs that run in FP8) + attention core
+           + non-GEMM work (router, permutation, norms, element-wise; memory-bound)
+           + exposed TP, CP, PP communication
+           + exposed EP all-to-all (dispatcher-aware; hidden by A2A_OVERLAP up to its limit)
+    step   = per_mb * (M + (PP - 1) / VPP) + exposed DP gradient/parameter sync
+
+Inputs are Megatron argument names (a resolved run's flags), so the knobs of a launch, a
+plan candidate and a calibration row all go through the same function.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from benchlib.config.layout import Layout
+from benchlib.core.gpus import GPU_TABLE
+from benchlib.planning.arch import ModelShape, as_bool, as_list, get
+from benchlib.planning.gpus import GpuSpec
+from benchlib.planning.pipeline import rank_stages
+
+# --- GEMMs and attention (fraction of the dense peak), measured on H200 in this project
+# (../shared/notes/megatron-on-the-gpu-machine.md): a large bf16 GEMM ~790 of 989 TFLOP/s;
+# causal SDPA forward+backward ~440; grouped expert GEMMs 280 / 353 / 406 TFLOP/s at 256 / 512
+# / 1024 tokens per expert, which EFF_GEMM * 0.6 * m / (m + 184) fits (276, 349, 402).
+EFF_GEMM = 0.8
+EFF_ATTENTION = 0.45
+EFF_EXPERT_MAX, EXPERT_HALF_TOKENS = 0.6, 184
+# --- Non-GEMM work, memory-bound: NONGEMM_PASSES reads+writes of a [tokens, hidden] bf16
+# tensor per token-copy (1 for the token, + top-k for its routed copies) per layer, forward and
+# backward together, at the GPU's HBM bandwidth. From bench/results/h200x1_qwen3-30b-a3b-proxy_profile.json
+# (after_fast_ops_without_rope, H200, 4 layers, hidden 2048, top-8, 131072 tokens a step):
+# elementwise 170.8 + copy_cat 68.5 + reduce_norm_softmax 60.2 + index_scatter_gather 37.4 +
+# triton 23.0 = 359.9 ms, less ~98 ms fp32 main-grad accumulation (the profile's reading) =
+# 262 ms = 0.50 us per token-layer; at 4.8 TB/s that is 2.40 MB = 65 passes of 2 * 2048 * 9 bytes.
+NONGEMM_PASSES = 65.0
+# benchlib's native spec with FAST_OPS=0 (Megatron's unfused cross-entropy, permutation, sort): the
+# same profile's before_fast_ops step spends 769 ms there (elementwise 395.3 + copy_cat 221.0 +
+# index_scatter_gather 140.8 + reduce_norm_softmax 88.2 + triton 21.9, less the 98 ms main-grad
+# adds) instead of 262: 2.93 times as much.
+NONGEMM_UNFUSED_FACTOR = 2.93
+# --- Links. NCCL reaches about BUS_EFFICIENCY of a link's peak on large messages (all-gather,
+# reduce-scatter). DeepEP / HybridEP kernels reach more: deepseek-ai/DeepEP docs/legacy.md (V1
+# performance table, commit 0297fc80; normal kernels, H800 + CX7 400 Gb/s) reports 153-158 GB/s
+# NVLink of ~160 and 43-58 GB/s RDMA of ~50 per GPU ("bottleneck bandwidth"): FLEX_EFFICIENCY.
+BUS_EFFICIENCY = 0.7
+FLEX_EFFICIENCY = 0.9
+# Megatron's NCCL all-to-all dispatcher inside a node moves far less: its token-count host sync per
+# layer and NCCL's all-to-all reach ~135 GB/s per H200 of 450 in this project's runs (EP2 and EP4 of
+# Qwen3-30B-A3B-Proxy vs one GPU: bench/results/h200x2_ep2_qwen3-30b-a3b-proxy_fastops_mbs4.json,
+# h200x4_ep4_qwen3-30b-a3b-proxy_fastops_mbs4.json, h200x1_qwen3-30b-a3b-proxy_fastops_mbs4.json:
+# +1.9 to +3 ms per all-to-all of 268 / 403 MB). Measured on NVLink only; applied to the network
+# link as well (the host sync and NCCL's all-to-all are the dispatcher's, not the link's), which
+# is unverified across nodes: every published cross-node EP recipe uses DeepEP/HybridEP.
+NCCL_A2A_EFFICIENCY = 0.3
+# Optimizer step and fp32 main-gradient accumulation, memory-bound, from the same H200 profile
+# (about 68 ms AdamW step and 98 ms main-grad adds per step for ~3.1e9 parameters, 8 micro-batches):
+# bytes moved per parameter of the local optimizer shard per step, and per parameter per
+# micro-batch when the wgrad GEMM does not accumulate into the main gradient itself (no TE).
+OPTIMIZER_BYTES_PER_PARAM = 105.0
+MAIN_GRAD_BYTES_PER_PARAM = 19.0
+# With Transformer Engine's gradient-accumulation fusion the wgrad GEMM adds into the fp32 main
+# gradient itself: its epilogue still reads and writes it, 4 + 4 bytes per local parameter per
+# micro-batch at HBM bandwidth (memory-bound; it matters where a GPU holds many expert weights).
+FUSED_WGRAD_BYTES_PER_PARAM = 8.0
+# All-to-alls per MoE layer and micro-batch: dispatch + combine, forward and backward.
+A2A_PER_LAYER = 4
+# --- A2A_OVERLAP (--overlap-moe-expert-parallel-comm): one micro-batch's all-to-all runs beside
+# another's compute in the steady 1F1B phase. What it cannot hide: the all-to-all beyond the
+# compute it overlaps, and A2A_OVERLAP_RESIDUAL of the rest (stream synchronisation, the warm-up
+# and cool-down micro-batches, the SMs the communication kernels take from the GEMMs). Fitted to
+# the one published same-layout pair with and without it: Qwen3-235B-A22B on 256 H100, DeepEP,
+# TP2 PP8 VPP4 EP32, 19.7 s -> 17.6 s (Megatron-MoE-ModelZoo best_practice/qwen3/readme.md,
+# commit e8650517): 2.1 s saved of the model's ~5.7 s all-to-all = 37% hidden.
+A2A_OVERLAP_RESIDUAL = 0.63
+# With --overlap-grad-reduce / --overlap-param-gather most DP traffic hides behind compute;
+# the last bucket's reduce and the first forward's gather do not.
+DP_EXPOSED = 0.2
+# Context-parallel K/V ring exchange overlaps attention compute; half is counted.
+CP_EXPOSED = 0.5
+# --- CUDA graphs: read (cuda_graph_scopes) and reported, but no time is charged or saved for
+# them: no public pair of figures isolates their effect (docs/planning.md, "not modelled").
+
+
+@dataclass
+class CostOptions:
+    """What the cost model reads besides the layout: how the run communicates and computes."""
+
+    precision: str = "bf16"  # bf16 | fp8 | mxfp8
+    dispatcher: str = "alltoall"  # alltoall | allgather | deepep | hybridep
+    a2a_overlap: bool = False
+    recompute: str = "none"  # none | selective | full
+    recompute_modules: tuple[str, ...] = ()
+    cuda_graph_scopes: tuple[str, ...] = ()
+    fsdp: bool = False
+
+    @staticmethod
+    def from_args(args: Mapping[str, Any]) -> "CostOptions":
+        fp8 = get(args, "fp8_recipe", None) or get(args, "fp8_format", None)
+        recipe = str(get(args, "fp8_recipe", "") or "")
+        dispatcher = str(get(args, "moe_token_dispatcher_type", "alltoall"))
+        if dispatcher == "flex":
+            dispatcher = str(get(args, "moe_flex_dispatcher_backend", "deepep"))
+        gran = str(get(args, "recompute_granularity", "") or "none")
+        modules = tuple(as_list(args, "recompute_modules")) if gran == "selective" else ()
+        scopes: tuple[str, ...] = ()
+        if get(args, "cuda_graph_impl", "none") not in ("none", None) or as_bool(args, "enable_cuda_graph"):
+            scopes = tuple(as_list(args, "cuda_graph_scope")) or ("attn", "mlp")
+        return CostOptions(
+            precision=("mxfp8" if recipe == "mxfp8" else "fp8") if fp8 else "bf16",
+            dispatcher=dispatcher, a2a_overlap=as_bool(args, "overlap_moe_expert_parallel_comm"),
+            recompute=gran, recompute_modules=modules or (("core_attn",) if gran == "selective" else ()),
+            cuda_graph_scopes=scopes, fsdp=as_bool(args, "use_megatron_fsdp"),
+        )
+
+
+@dataclass
+class StepPrediction:
+    step_s: float
+    parts: dict[str, float]  # seconds per iteration by cause (they add up to step_s)
+    microbatches: int
+    notes: list[str] = field(default_factory=list)
+
+
+_MACS_CACHE: dict[tuple[ModelShape, int], tuple[float, float, float, float]] = {}
+
+
+def _layer_macs(args: Mapping[str, Any], shape: ModelShape, seq: int) -> tuple[float, float, float, float]:
+    """Forward MACs per token: (attention linear, attention core, dense MLP, MoE) per layer of each kind."""
+    key = (shape, seq)
+    if key not in _MACS_CACHE:
+        _MACS_CACHE[key] = _layer_macs_uncached(args, shape, seq)
+    return _MACS_CACHE[key]
+
+
+def _layer_macs_uncached(args: Mapping[str, Any], shape: ModelShape, seq: int) -> tuple[float, float, float, float]:
+    from benchlib.metrics.flops import breakdown
+
+    b = breakdown(args)
+    n_total = shape.num_layers + shape.mtp_layers
+    n_moe = sum(1 for i in range(n_total) if shape.is_moe(i))
+    n_dense = n_total - n_moe
+    return (b.attention_linear / n_total, b.attention_core * seq / n_total,
+            b.mlp_dense / n_dense if n_dense else 0.0, b.moe / n_moe if n_moe else 0.0)
+
+
+def _hbm_bytes_per_s(gpu: GpuSpec) -> float:
+    entry = GPU_TABLE.get(gpu.name)
+    return (entry.hbm_gbps if entry and entry.hbm_gbps else 3350.0) * 1e9
+
+
+def expected_remote_nodes(topk: int, nodes: int) -> float:
+    """Distinct other nodes a token's top-k experts land on, experts spread evenly over `nodes`."""
+    if nodes <= 1:
+        return 0.0
+    distinct = nodes * (1 - (1 - 1 / nodes) ** topk)
+    return distinct * (nodes - 1) / nodes
+
+
+def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: GpuSpec, gpus_per_node: int,
+                 opts: CostOptions) -> StepPrediction:
+    """Seconds per iteration of `lay` with `opts`, split by cause."""
+    dense_peak = gpu.peak_tflops("bf16") * 1e12
+    fp8_peak = gpu.peak_tflops("fp8") * 1e12 if opts.precision in ("fp8", "mxfp8") else dense_peak
+    seq = lay.seq_len
+    t_mb = lay.mbs * seq
+    attn_lin, attn_core, mlp_dense, moe = _layer_macs(args, shape, seq)
+    split = lay.tp * lay.cp
+    if shape.num_experts:
+        m = t_mb / lay.cp / lay.tp * shape.topk * lay.etp * lay.ep / shape.num_experts
+        eff_expert = EFF_GEMM * EFF_EXPERT_MAX * m / (m + EXPERT_HALF_TOKENS)
+        shared = (3 if shape.swiglu else 2) * shape.hidden * shape.shared_ffn
+        routed = max(0.0, moe - shared)
+    else:
+        eff_expert, shared, routed = EFF_GEMM, 0.0, 0.0
+    mods = set(opts.recompute_modules)
+    full = opts.recompute == "full"
+    extra_core = 1.0 if full or "core_attn" in mods else 0.0
+    extra_lin = 1.0 if full else (0.25 if "mla_up_proj" in mods else 0.0)
+    extra_ffn = 1.0 if full or "mlp" in mods else 0.0
+    extra_moe = 1.0 if full or "moe" in mods else 0.0
+    gemm_s, core_s = {}, {}
+    for kind, ffn_macs, ffn_eff, routed_part, extra_mlp in (
+            ("dense", mlp_dense, EFF_GEMM, 0.0, extra_ffn), ("moe", shared, EFF_GEMM, routed, extra_moe)):
+        gemm = 2 * t_mb * (attn_lin * (3 + extra_lin) / EFF_GEMM + ffn_macs * (3 + extra_mlp) / ffn_eff
+                           + routed_part * (3 + extra_mlp) / eff_expert) / (split * fp8_peak)
+        gemm_s[kind] = gemm
+        core_s[kind] = 2 * t_mb * attn_core * (3 + extra_core) / EFF_ATTENTION / (split * dense_peak)
+    # the output layer and loss stay in bf16 in Megatron's FP8 recipes
+    logits_s = 2 * t_mb * shape.hidden * shape.vocab * 3 * (1 + shape.mtp_layers) / (split * dense_peak * EFF_GEMM)
+    # non-GEMM, per layer: tokens on this rank (sequence-parallel shard) x (1 + top-k copies)
+    tok_rank = t_mb / lay.cp
+    hbm = _hbm_bytes_per_s(gpu)
+    recompute_ng = 4 / 3 if full else 1.0  # full recompute replays the forward third of it
+    native = "benchlib" in str(get(args, "spec", "") or "") or str(get(args, "transformer_impl", "")) == "local"
+    if native and not as_bool(args, "FAST_OPS", True):
+        recompute_ng *= NONGEMM_UNFUSED_FACTOR
+    nongemm_s = {kind: NONGEMM_PASSES * 2 * shape.hidden * (1 + (shape.topk if kind == "moe" else 0))
+                 * tok_rank / lay.tp / hbm * recompute_ng for kind in ("dense", "moe")}
+
+    stages = rank_stages(shape, lay, args)
+    stage_s = []
+    for st in stages:
+        s = 0.0
+        for i in st.layers:
+            kind = "moe" if shape.is_moe(i) else "dense"
+            s += gemm_s[kind] + core_s[kind] + nongemm_s[kind]
+        if st.loss:
+            s += logits_s
+        stage_s.append(s)
+    work_mb = max(stage_s)
+    slowest = stages[stage_s.index(work_mb)]
+    layers_here = slowest.layers
+    n_moe = sum(1 for i in layers_here if shape.is_moe(i))
+    n_all = len(layers_here)
+    gemm_part = sum(gemm_s["moe" if shape.is_moe(i) else "dense"] + core_s["moe" if shape.is_moe(i) else "dense"]
+                    for i in layers_here) + (logits_s if slowest.loss else 0.0)
+    nongemm_part = work_mb - gemm_part
+
+    nvlink = gpu.nvlink_gbps * 1e9
+    net = gpu.network_gbps * 1e9
+    domain = gpu.nvlink_domain if gpu.nvlink_domain > gpu.gpus_per_node else gpus_per_node
+    tp_s = 0.0
+    if lay.tp > 1:
+        msg = 2 * tok_rank * shape.hidden * (lay.tp - 1) / lay.tp
+        colls = 4 * n_all + 4 * (n_all - n_moe) + (4 * n_moe if shape.shared_ffn else 0)
+        tp_s = colls * msg / (nvlink * BUS_EFFICIENCY) * (1.5 if full else 1.0)
+
+    ep_s = 0.0
+    if lay.ep > 1 and n_moe:
+        group = lay.ep * lay.etp  # consecutive ranks (Megatron's expert grid: etp, ep, edp, pp)
+        gpus_in_domain = min(group, domain)
+        nodes = max(1, math.ceil(group / domain))
+        copies = shape.topk
+        token_bytes = 2 * shape.hidden
+        tokens = tok_rank / lay.tp  # each rank dispatches its sequence-parallel shard
+        if opts.dispatcher in ("deepep", "hybridep"):
+            # one copy per distinct remote node over the network, fanned out over NVLink there
+            net_copies = expected_remote_nodes(copies, nodes)
+            nvl_copies = copies * (gpus_in_domain - 1) / group + net_copies
+            eff = FLEX_EFFICIENCY
+            per_a2a = tokens * token_bytes * max(net_copies / (net * eff), nvl_copies / (nvlink * eff))
+        else:
+            # NCCL all-to-all (allgather is costed the same): every routed copy travels on its own
+            net_copies = copies * (group - gpus_in_domain) / group
+            nvl_copies = copies * (gpus_in_domain - 1) / group
+            per_a2a = tokens * token_bytes * (net_copies / (net * NCCL_A2A_EFFICIENCY)
+                                              + nvl_copies / (nvlink * NCCL_A2A_EFFICIENCY))
+        n_a2a = A2A_PER_LAYER + (2 if full or "moe" in mods else 0)
+        ep_s = n_a2a * n_moe * per_a2a
+    ep_exposed = ep_s
+    if opts.a2a_overlap and ep_s:
+        hidden = min(ep_s, work_mb)
+        ep_exposed = ep_s - hidden + A2A_OVERLAP_RESIDUAL * hidden
+
+    cp_s = 0.0
+    if lay.cp > 1:
+        kv = 2 * 2 * tok_rank * shape.query_groups * shape.kv_channels / lay.tp
+        link = nvlink if lay.tp * lay.cp <= gpus_per_node else net
+        cp_s = CP_EXPOSED * 3 * n_all * kv * (lay.cp - 1) / (link * BUS_EFFICIENCY)
+    vpp = lay.virtual_stages
+    pp_s = 0.0
+    if lay.pp > 1:
+        act = 2 * tok_rank * shape.hidden / lay.tp
+        link = net if lay.tp * lay.cp * lay.pp > gpus_per_node else nvlink
+        pp_s = 2 * act * vpp / (link * BUS_EFFICIENCY)
+
+    M = max(1, lay.gbs // (lay.mbs * lay.dp))
+    bubble = (lay.pp - 1) / vpp if lay.pp > 1 else 0.0
+    per_mb = work_mb + tp_s + ep_exposed + cp_s + pp_s
+
+    dp_s = 0.0
+    dense_p = sum(shape.attention_params() / lay.tp + (shape.shared_params() / lay.tp if shape.is_moe(i)
+                  else shape.dense_mlp_params() / lay.tp) for i in layers_here)
+    expert_p = sum(shape.expert_params() / (lay.ep * lay.etp) for i in layers_here if shape.is_moe(i))
+    for params, size in ((dense_p, lay.dp * lay.cp), (expert_p, lay.world // (lay.pp * lay.ep * lay.etp))):
+        if size > 1 and params:
+            link = net if lay.world // lay.pp > gpus_per_node else nvlink
+            # Megatron-FSDP's per-layer gathers are prefetched behind compute: costed as the
+            # distributed optimizer's sync (docs/planning.md, "not modelled")
+            dp_s += DP_EXPOSED * params * (4 + 2) * (size - 1) / size / (link * BUS_EFFICIENCY)
+
+    # optimizer step on this rank's shard, and main-grad accumulation without TE's wgrad fusion
+    distributed = as_bool(args, "use_distributed_optimizer")
+    edp = max(1, lay.world // (lay.pp * lay.ep * lay.etp))
+    shard = dense_p / (lay.dp * lay.cp) + expert_p / edp if distributed else dense_p + expert_p
+    optim_s = OPTIMIZER_BYTES_PER_PARAM * shard / hbm
+    te = str(get(args, "transformer_impl", "transformer_engine")) == "transformer_engine" and not get(args, "spec", None)
+    fused = te and as_bool(args, "gradient_accumulation_fusion", True)
+    grad_bytes = FUSED_WGRAD_BYTES_PER_PARAM if fused else MAIN_GRAD_BYTES_PER_PARAM
+    optim_s += grad_bytes * (dense_p + expert_p) * M / hbm
+
+    scale = M + bubble
+    parts = {
+        "GEMM + attention": gemm_part * M,
+        "non-GEMM (router, permute, element-wise)": nongemm_part * M,
+        "pipeline bubble": per_mb * bubble,
+        "TP comm": tp_s * M,
+        "EP all-to-all": ep_exposed * M,
+        "CP comm": cp_s * M,
+        "PP p2p": pp_s * M,
+        "DP grad/param sync": dp_s,
+        "optimizer + main-grad": optim_s,
+    }
+    return StepPrediction(step_s=per_mb * scale + dp_s + optim_s, parts=parts, microbatches=M)
+
+
+@dataclass
+class RunPrediction:
+    """`benchlib estimate`'s prediction for one resolved run."""
+
+    step: StepPrediction
+    options: CostOptions
+    flops_per_iteration: float
+    world: int
+    tokens_per_iteration: int
+
+    @property
+    def tokens_per_s_per_gpu(self) -> float:
+        return self.tokens_per_iteration / self.step.step_s / self.world
+
+    @property
+    def tflops_per_gpu(self) -> float:
+        return self.flops_per_iteration / self.step.step_s / self.world / 1e12
+
+    def table(self) -> str:
+        o = self.options
+        lines = [f"predicted step time {self.step.step_s:.3f} s ({self.step.microbatches} micro-batches), "
+                 f"{self.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, {self.tflops_per_gpu:.0f} TFLOP/s/GPU "
+                 f"({o.precision}, dispatcher {o.dispatcher}, A2A overlap {'on' if o.a2a_overlap else 'off'}, "
+                 f"recompute {o.recompute})"]
+        for name, secs in sorted(self.step.parts.items(), key=lambda kv: -kv[1]):
+            if secs > 0:
+                lines.append(f"  {name:<42}{secs:9.3f} s  {secs / self.step.step_s:6.1%}")
+        if o.cuda_graph_scopes:
+            lines.append(f"  (CUDA graphs {' '.join(o.cuda_graph_scopes)}: not modelled, docs/planning.md)")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"predicted_step_time_s": self.step.step_s, "predicted_tokens_per_s_per_gpu": self.tokens_per_s_per_gpu,
+                "predicted_tflops_per_gpu": self.tflops_per_gpu, "predicted_parts_s": self.step.parts,
+                "cost_options": {"precision": self.options.precision, "dispatcher": self.options.dispatcher,
+                                 "a2a_overlap": self.options.a2a_overlap, "recompute": self.options.recompute,
+                                 "cuda_graph_scopes": list(self.options.cuda_graph_scopes)}}
+
+
+def predict_from_args(args: Mapping[str, Any], gpu_type: str, gpus_per_node: int | None = None,
+                      layout: Layout | None = None) -> RunPrediction:
+    """The cost model for Megatron argument names (a run's flags, a record's or a log's arguments)."""
+    from benchlib.metrics.flops import num_floating_point_operations
+    from benchlib.planning.gpus import gpu_spec
+    from benchlib.planning.memory import layout_from_args
+
+    lay = layout or layout_from_args(args)
+    spec = gpu_spec(gpu_type)
+    shape = ModelShape.from_args(args, tp=lay.tp)
+    opts = CostOptions.from_args(args)
+    step = predict_step(args, shape, lay, spec, gpus_per_node or min(spec.gpus_per_node, lay.world), opts)
+    cfg = dict(args)
+    cfg.setdefault("seq_length", lay.seq_len)
+    flops = float(num_floating_point_operations(cfg, lay.gbs))
+    return RunPrediction(step=step, options=opts, flops_per_iteration=flops, world=lay.world,
+                         tokens_per_iteration=lay.gbs * lay.seq_len)
+
+
+def predict_run(run: Any) -> RunPrediction:
+    """The cost model for a ResolvedRun (the knobs and extra args of a launch, PP_LAYOUT included)."""
+    from benchlib.planning.memory import run_args, run_layout
+
+    return predict_from_args(run_args(run), run.cluster.GPU_TYPE, run.gpus_per_node, run_layout(run))

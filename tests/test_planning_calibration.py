@@ -1,0 +1,121 @@
+"""The planner's cost model against figures: published large-scale runs (tests/fixtures/planning/
+published.yaml, every row cited) and this project's own H200 measurements (bench/results/).
+
+Nothing runs on a GPU here: the published rows are resolved with the suite's knobs (the launch's
+own resolution, PP_LAYOUT included) and predicted; the records are the GPU machine's results.
+The bounds below are what the model reaches today; the issue's targets are kept as strict xfails
+so that reaching them shows up (and the bounds are then tightened, never loosened).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchlib.config.resolve import resolve_run
+from benchlib.core.gpus import GPU_TABLE
+from benchlib.planning.cost import predict_from_args, predict_run
+from benchlib.planning.memory import args_from_record
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE = yaml.safe_load((REPO / "tests/fixtures/planning/published.yaml").read_text())["rows"]
+# Rows whose source leaves the dispatcher or the recompute unstated are predicted and reported,
+# but kept out of the error targets (an assumed dispatcher would decide the answer).
+TARGET_ROWS = [r for r in TABLE if "unstated" not in r or "dispatcher" not in r["unstated"]]
+
+# The issue's targets (met); ranking: reached today, the full target kept as a strict xfail.
+TARGET_MEDIAN, TARGET_MAX_BF16 = 1.15, 1.4
+REACHED_CONCORDANT_PAIRS = 6  # of the 9 pairs with different published figures in one model and scale
+
+
+def _predict(row: dict) -> float:
+    gpn = GPU_TABLE[row["gpu"]].gpus_per_node
+    argv = [f"MODEL={row['model']}", f"GPU_TYPE={row['gpu']}", f"GPUS_PER_NODE={gpn}", f"NNODES={row['gpus'] // gpn}",
+            f"PR={row['precision']}", "PP_FIRST=0", "PP_LAST=0", "PP_LAYOUT=", "RECOMPUTE_MODULES=", "MEM_CHECK=0"]
+    argv += [f"{k}={v}" for k, v in row["knobs"].items()] + [str(a) for a in row["extra"]]
+    run = resolve_run(argv, {"CLUSTER": "template"})
+    assert run.world_size == row["gpus"]
+    return predict_run(run).tflops_per_gpu
+
+
+@pytest.fixture(scope="module")
+def predictions() -> dict[str, float]:
+    return {r["id"]: _predict(r) for r in TABLE}
+
+
+def _errors(predictions, rows) -> list[float]:
+    out = []
+    for r in rows:
+        ratio = predictions[r["id"]] / r["tflops_per_gpu"]
+        out.append(max(ratio, 1 / ratio))
+    return out
+
+
+def test_every_row_is_cited_and_complete():
+    for r in TABLE:
+        assert r["source"].strip() and r["tflops_per_gpu"] > 0, r["id"]
+        assert {"TP", "PP", "EP", "MBS", "GBS", "DISPATCHER", "RECOMPUTE"} <= set(r["knobs"]), r["id"]
+
+
+def test_typical_error_and_worst_bf16_row_meet_the_targets(predictions):
+    errors = _errors(predictions, TARGET_ROWS)
+    bf16 = _errors(predictions, [r for r in TARGET_ROWS if r["precision"] == "bf16"])
+    assert len(bf16) >= 6
+    assert statistics.median(errors) <= TARGET_MEDIAN
+    assert max(bf16) <= TARGET_MAX_BF16
+
+
+def _pairs(predictions):
+    groups: dict[tuple, list[dict]] = {}
+    for r in TARGET_ROWS:
+        groups.setdefault((r["model"], r["gpus"], r["gpu"], r["precision"]), []).append(r)
+    for rows in groups.values():
+        for a, b in itertools.combinations(rows, 2):
+            if a["tflops_per_gpu"] != b["tflops_per_gpu"]:
+                fast, slow = (a, b) if a["tflops_per_gpu"] > b["tflops_per_gpu"] else (b, a)
+                yield fast, slow, predictions[fast["id"]] > predictions[slow["id"]]
+
+
+def test_ranking_within_a_model_and_scale_as_reached(predictions):
+    pairs = list(_pairs(predictions))
+    assert sum(ok for *_, ok in pairs) >= REACHED_CONCORDANT_PAIRS
+    by_id = {f["id"] + ">" + s["id"]: ok for f, s, ok in pairs}
+    # the A2A overlap pair (same layout, published 245 -> 276) is ranked right
+    assert by_id["qwen3-235b-h100-ep32-deepep-overlap>qwen3-235b-h100-ep32-deepep"]
+    # cross-node EP32 with DeepEP (245) above both intra-node EP8 layouts (200, 167), and those in order
+    assert by_id["qwen3-235b-h100-ep32-deepep>qwen3-235b-h100-ep8-pp32-alltoall"]
+    assert by_id["qwen3-235b-h100-ep32-deepep>qwen3-235b-h100-tp4-ep8-deepep"]
+    assert by_id["qwen3-235b-h100-ep8-pp32-alltoall>qwen3-235b-h100-tp4-ep8-deepep"]
+
+
+@pytest.mark.xfail(strict=True, reason="issue 19's ranking target not reached: the Megatron-FSDP row "
+                   "(EP8, full recompute, MBS 4; published 276) is predicted the slowest of the five")
+def test_issue_ranking_target(predictions):
+    assert all(ok for *_, ok in _pairs(predictions))
+
+
+def test_fp8_prices_only_the_fp8_gemms():
+    """The same layout in FP8 is faster than in BF16, but far from twice as fast: attention core,
+    the output layer, non-GEMM work and communication stay where they were."""
+    row = next(r for r in TABLE if r["id"] == "qwen3-235b-h100-ep32-deepep")
+    bf16 = _predict(row)
+    fp8 = _predict({**row, "precision": "fp8"})
+    assert 1.1 < fp8 / bf16 < 1.6
+
+
+RECORDS = sorted(p for p in (REPO / "bench/results").glob("h200x*.json")
+                 if json.loads(p.read_text()).get("steady_iteration_time_s"))
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_step_time_within_15_percent_of_h200_measurements(path):
+    """The shipped proxies (and their EP/PP variants) as measured on the GPU machine."""
+    record = json.loads(path.read_text())
+    args, _backend = args_from_record(record)
+    pred = predict_from_args(args, "H200", record.get("gpus_per_node"))
+    measured = record["steady_iteration_time_s"]
+    assert abs(pred.step.step_s / measured - 1) <= 0.15, (pred.step.step_s, measured, pred.step.parts)
