@@ -295,9 +295,29 @@ def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: l
         curve = loss_curve(record["losses"], base["losses"])
         if curve:
             record["loss_curve"] = curve
+    if scenario.peer_gbs:
+        record["peer"] = run_peer(scenario, record, timeout_s)
     path = results_dir / f"{record['name']}.json"
     atomic_write_json(path, record)
     return path
+
+
+def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int) -> dict[str, Any]:
+    """torchtitan on the same shapes right after the suite's run (same machine, same sitting), and the
+    suite's tokens/s/GPU as a ratio of each of its variants (torchtitan counts FLOPs otherwise)."""
+    from bench.peers import torchtitan
+
+    steps = int(scenario.knobs.get("TRAIN_ITERS", "30"))
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
+        peer = torchtitan.run(Path(tmp), gbs=scenario.peer_gbs, steps=steps, timeout_s=min(timeout_s, 400))
+    suite = record.get("tokens_per_s_per_gpu")
+    for name, variant in peer["variants"].items():
+        theirs = variant.get("tokens_per_s_per_gpu")
+        if suite and theirs:
+            peer[f"suite_ratio_vs_{name}"] = suite / theirs
+    losses = [x for x in record.get("losses") or [] if x is not None]
+    peer["suite_last_loss"] = losses[-1] if losses else None
+    return peer
 
 
 def run_check(scenario: Scenario, *, environ: Mapping[str, str], timeout_s: int,

@@ -28,6 +28,7 @@ class Scenario:
     extra_args: tuple[str, ...] = ()  # extra Megatron arguments, passed last (they win)
     baseline: str | None = None  # backend of the same-call baseline run ("local": Megatron's local spec)
     baseline_knobs: dict[str, str] = field(default_factory=dict)  # knobs changed for the baseline run only
+    peer_gbs: int | None = None  # run torchtitan (bench/peers/torchtitan.py) on the same shapes at this global batch
     check_command: tuple[str, ...] = ()  # a check: the script and its arguments
     check_output: str = ""  # the JSON the check writes into OUT_DIR
 
@@ -53,6 +54,22 @@ def _scenarios() -> dict[str, Scenario]:
                  "Qwen3-30B-A3B proxy on 1 GPU, runtime.conf's H200 defaults (MBS 4, GBS 32), native spec "
                  "with the fast ops; Megatron's local spec as the same-call baseline",
                  QWEN, 1, {"TRAIN_ITERS": "15"}, baseline="local", baseline_knobs=LOCAL_BASELINE_ITERS),
+        Scenario("qwen3-30b-a3b-proxy_repeats5",
+                 "Qwen3-30B-A3B proxy on 1 GPU, runtime.conf's H200 defaults (MBS 4, GBS 32), five launches in one "
+                 "allocation (REPEATS=5, same seed): the run-to-run spread the suite's figures carry",
+                 QWEN, 1, {"REPEATS": "5", "TRAIN_ITERS": "30"}),
+        Scenario("qwen3-30b-a3b-proxy_vs_torchtitan_gbs4",
+                 "Qwen3-30B-A3B proxy on 1 GPU at MBS 4, GBS 4 (no accumulation: the per-iteration overhead shows), "
+                 "beside torchtitan 0.2.2 eager and compiled on the same shapes in the same sitting",
+                 QWEN, 1, {"MBS": "4", "GBS": "4", "TRAIN_ITERS": "60"}, peer_gbs=4),
+        Scenario("qwen3-30b-a3b-proxy_vs_torchtitan_gbs32",
+                 "Qwen3-30B-A3B proxy on 1 GPU at MBS 4, GBS 32 (8 accumulation steps), beside torchtitan 0.2.2 "
+                 "eager and compiled on the same shapes in the same sitting",
+                 QWEN, 1, {"MBS": "4", "GBS": "32", "TRAIN_ITERS": "30"}, peer_gbs=32),
+        Scenario("qwen3-30b-a3b-proxy_8l_mbs8",
+                 "Qwen3-30B-A3B proxy with 8 layers at MBS 8 (the fastest layout that fits one H200; the memory "
+                 "check must accept it without MEM_CHECK=0)",
+                 QWEN, 1, {"NUM_LAYERS": "8", "MBS": "8", "GBS": "32", "TRAIN_ITERS": "20"}),
         Scenario("deepseek-v2-lite-proxy_fastops_mbs2",
                  "DeepSeek-V2-Lite proxy (MLA) on 1 GPU, native spec with the fast ops; no baseline: "
                  "Megatron's local spec cannot build MLA",

@@ -83,3 +83,25 @@ def test_run_reports_a_variant_that_wrote_no_log(peer, tmp_path):
     assert out["returncode"] == 1
     assert "was not written" in out["variants"]["eager"]["error"]
     assert "wheel install failed" in (tmp_path / "out" / "run_peer.out").read_text()
+
+
+def test_a_peer_scenario_records_the_suite_as_a_ratio_of_each_variant(tmp_path, monkeypatch):
+    """bench.runner.run_peer: torchtitan runs after the suite's run at the scenario's batch, and the
+    record holds tokens/s/GPU ratios against both variants and the suite's last loss."""
+    from bench.peers import torchtitan
+    from bench.runner import run_peer
+    from bench.scenarios import get_scenario
+
+    stand_in = tmp_path / "peerdir"
+    stand_in.mkdir()
+    (tmp_path / "A.txt").write_text(captured_log(False, {6: 60_000, 7: 60_124}))
+    (tmp_path / "B.txt").write_text(captured_log(True, {6: 77_800, 7: 77_806}))
+    (stand_in / "run_peer.sh").write_text(
+        f"cp {tmp_path}/A.txt \"$OUT/peer_A.log\"; cp {tmp_path}/B.txt \"$OUT/peer_B.log\"; echo \"$PEER_EXTRA\"\n")
+    monkeypatch.setattr(torchtitan, "PEER_DIR", stand_in)
+    scenario = get_scenario("qwen3-30b-a3b-proxy_vs_torchtitan_gbs4")
+    peer = run_peer(scenario, {"tokens_per_s_per_gpu": 97_254.0, "losses": [12.1, None, 9.5]}, timeout_s=60)
+    assert peer["global_batch"] == 4 and peer["extra_args"] == "--training.global_batch_size 4"
+    assert peer["suite_ratio_vs_compiled"] == pytest.approx(97_254 / 77_803)
+    assert peer["suite_ratio_vs_eager"] == pytest.approx(97_254 / 60_062)
+    assert peer["suite_last_loss"] == 9.5

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PEER_DIR = Path(os.environ.get("PEER_DIR", "/work/shared/peers/torchtitan"))
+PEER_DIR = Path(os.environ.get("PEER_DIR", Path(__file__).resolve().parents[3] / "shared" / "peers" / "torchtitan"))  # ../shared beside the checkout
 FIRST_MEASURED_STEP = 6  # as run_peer.sh: steps before it include compilation and warm-up
 LOCAL_BATCH = 4  # tt022/peer.toml
 
@@ -72,8 +72,9 @@ def parse_log(text: str, first_step: int = FIRST_MEASURED_STEP) -> dict[str, Any
 
 
 def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 300,
-        peer_dir: Path = PEER_DIR, python: str | None = None) -> dict[str, Any]:
-    """Run both torchtitan variants (eager, compiled) and parse their logs."""
+        peer_dir: Path | None = None, python: str | None = None) -> dict[str, Any]:
+    """Run both torchtitan variants (eager, compiled) and parse their logs (peer_dir: PEER_DIR)."""
+    peer_dir = Path(peer_dir or PEER_DIR)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OUT=str(out), PEER_STEPS=str(steps), PEER_TIMEOUT=str(timeout_s))
     extra = env.get("PEER_EXTRA", "")
