@@ -98,3 +98,5 @@ def test_router_settings_megatron_cannot_reproduce() -> None:
     assert any("renormalises sigmoid" in r for r in mismatches(_router_config("glm4_moe", n_group=1, topk_group=1, norm_topk_prob=False)))
     assert any("never renormalises" in r for r in mismatches(_router_config("deepseek_v2", num_experts_per_tok=6, topk_method="greedy",
                                                                              norm_topk_prob=True)))
+    assert any("always scores with softmax" in r for r in mismatches(_router_config("deepseek_v2", num_experts_per_tok=6, topk_method="greedy",
+                                                                                     scoring_func="sigmoid")))

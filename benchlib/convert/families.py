@@ -264,6 +264,9 @@ def routing_mismatches(s: ModelShape, cfg: dict[str, Any]) -> list[tuple[str, st
             ))
     if s.model_type == "deepseek_v2":
         method = cfg.get("topk_method", "greedy")
+        if s.score_function == "sigmoid":
+            out.append(("scoring_func is sigmoid, but transformers' DeepseekV2 router always scores with softmax",
+                        "set scoring_func to softmax in config.json to convert what transformers computes"))
         if method not in ("greedy", "group_limited_greedy"):
             out.append((f"topk_method={method!r}: transformers' DeepseekV2 router only computes greedy and group_limited_greedy",
                         "convert with topk_method greedy or group_limited_greedy"))

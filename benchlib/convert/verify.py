@@ -140,7 +140,7 @@ def _build_megatron(shape: ModelShape, spec: str | None, device: str) -> Any:
     return model.to(device) if device != "cpu" else model
 
 
-def _load_megatron(model: Any, get: Callable[[str, Any], Any], vocab: int, dtype: Any, rename: Callable[[str], str] = lambda n: n) -> None:
+def _load_megatron(model: Any, get: Callable[[str, Any], Any], vocab: int, dtype: Any) -> None:
     """Every parameter of `model` from the checkpoint (get: full TP=1 tensor by the mapping's name)."""
     import torch
 
@@ -149,7 +149,7 @@ def _load_megatron(model: Any, get: Callable[[str, Any], Any], vocab: int, dtype
         for k, p in model.state_dict().items():
             if "_extra_state" in k or not hasattr(p, "shape"):
                 continue
-            src = get(rename(canonical_name(k)), dtype)
+            src = get(canonical_name(k), dtype)
             if k.endswith(("word_embeddings.weight", "output_layer.weight")):
                 p.zero_()
                 p[:vocab].copy_(src[:vocab])
