@@ -101,7 +101,7 @@ def _expected_shapes(model: Any) -> dict[str, tuple[int, ...]]:
 
 MTP_FLAG_NOTE = ("the run that loads it must not ask for MTP: leave --mtp-num-layers out of the model config "
                  "(model_configs/.../<model>.yaml, e.g. DeepSeek-V3.yaml and GLM-4.5-Air.yaml set it to 1), "
-                 "or the MTP layers start from random weights and the load needs --no-load-strict / fails on the missing keys")
+                 "or the load stops on the missing MTP keys (and with a relaxed --dist-ckpt-strictness MTP starts from random weights)")
 
 
 def _drop_absent_mtp(reader: HFReader, shape: ModelShape, cfg: dict[str, Any]) -> tuple[ModelShape, dict[str, Any], str | None]:
