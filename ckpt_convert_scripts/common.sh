@@ -5,7 +5,9 @@ set -euo pipefail
 export PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 
 # HF_DIR, OUT_DIR; FORMAT=torch_dist|legacy|both; legacy layout TP, PP, EP, FIRST_STAGE_LAYERS,
-# LAST_STAGE_LAYERS, EXPERT_LAYOUT=auto|sequential|grouped; SPEC=module:function; DTYPE; PYTHON.
+# LAST_STAGE_LAYERS, EXPERT_LAYOUT=auto|sequential|grouped; SPEC=module:function; DTYPE; PYTHON;
+# VERIFY=1 (run `benchlib convert verify` after converting; VERIFY=layer-by-layer for models larger than
+# host memory); ALLOW_ROUTING_MISMATCH=1 (convert a router Megatron cannot reproduce, recorded in the checkpoint).
 hf_to_mcore() {
   local family="$1"; shift
   : "${HF_DIR:?set HF_DIR to the Hugging Face folder (config.json + *.safetensors)}"
@@ -15,6 +17,12 @@ hf_to_mcore() {
   [[ -n "${FIRST_STAGE_LAYERS:-}" ]] && args+=(--target-first-stage-layers "$FIRST_STAGE_LAYERS")
   [[ -n "${LAST_STAGE_LAYERS:-}" ]] && args+=(--target-last-stage-layers "$LAST_STAGE_LAYERS")
   [[ -n "${SPEC:-}" ]] && args+=(--spec "$SPEC")
+  case "${VERIFY:-0}" in
+    0|"") ;;
+    layer-by-layer) args+=(--verify --verify-layer-by-layer) ;;
+    *) args+=(--verify) ;;
+  esac
+  [[ "${ALLOW_ROUTING_MISMATCH:-0}" == "1" ]] && args+=(--allow-routing-mismatch)
   exec "${PYTHON:-python3}" -m benchlib convert hf-to-mcore "${args[@]}" "$@"
 }
 

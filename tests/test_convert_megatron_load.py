@@ -24,11 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 LOADER = REPO / "tests" / "fixtures" / "convert" / "megatron_load.py"
 
 
-@pytest.mark.parametrize(("family", "fmt"), [("Qwen3-MoE", "torch_dist"), ("Qwen3-MoE", "legacy"), ("DeepSeek-V3", "torch_dist")])
-def test_load_checkpoint_finetune(family: str, fmt: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("family", "fmt", "mtp_weights"), [
+    ("Qwen3-MoE", "torch_dist", True), ("Qwen3-MoE", "legacy", True), ("DeepSeek-V3", "torch_dist", True),
+    # saved by transformers: num_nextn_predict_layers 1, no MTP weights -> converted and loaded (strict) without MTP
+    ("GLM-4.5-Air", "torch_dist", False),
+])
+def test_load_checkpoint_finetune(family: str, fmt: str, mtp_weights: bool, tmp_path: Path) -> None:
     from benchlib.convert.convert import hf_to_mcore
 
-    hf_dir, _ = tiny_hf.build(family, tmp_path / "hf")
+    hf_dir, _ = tiny_hf.build(family, tmp_path / "hf", mtp_weights=mtp_weights)
     hf_to_mcore(hf_dir, tmp_path / "mc", formats=(fmt,), dtype="fp32")
     proc = subprocess.run([sys.executable, str(LOADER), str(tmp_path / "mc"), "torch" if fmt == "legacy" else "torch_dist", str(hf_dir)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

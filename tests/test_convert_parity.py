@@ -20,7 +20,7 @@ import tiny_hf  # noqa: E402
 
 pytestmark = [pytest.mark.megatron, pytest.mark.slow]
 
-# DeepSeek-V2-Lite (no q LoRA) builds through benchlib.megatron.sdpa_attention.plain_q_proj_without_q_lora.
+# DeepSeek-V2-Lite (no q LoRA) builds through the native spec's NativeMLASelfAttention (benchlib.megatron.sdpa_attention).
 PARITY = ["Qwen3-MoE", "Mixtral", "GLM-4.5-Air", "DeepSeek-V2-Lite", "DeepSeek-V2", "DeepSeek-V3"]
 
 

@@ -40,16 +40,18 @@ def test_every_family_has_both_wrappers() -> None:
 
 
 def test_wrappers_convert_both_ways_from_another_folder(tmp_path: Path) -> None:
-    """Run from outside the repo; legacy at TP=2, PP=2 uneven, EP=2, then back to HF with identical tensors."""
+    """Run from outside the repo; legacy at TP=2, PP=2 uneven, EP=2 (checked layer by layer, VERIFY), then back
+    to HF with identical tensors."""
     import torch
     from safetensors.torch import load_file
 
     hf_dir, _ = tiny_hf.build("Mixtral", tmp_path / "hf")
     r = _bash(SCRIPTS / "Mixtral" / "hf_to_mcore.sh",
               {"HF_DIR": str(hf_dir), "OUT_DIR": str(tmp_path / "mc"), "FORMAT": "legacy", "TP": "2", "PP": "2", "EP": "2",
-               "FIRST_STAGE_LAYERS": "2", "DTYPE": "fp32"}, cwd=tmp_path)
+               "FIRST_STAGE_LAYERS": "2", "DTYPE": "fp32", "VERIFY": "layer-by-layer"}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "peak RSS:" in r.stdout
+    assert "verify (layer-by-layer" in r.stdout and "PASS" in r.stdout
     assert (tmp_path / "mc" / "iter_0000001" / "mp_rank_01_001_001" / "model_optim_rng.pt").is_file()
     r = _bash(SCRIPTS / "Mixtral" / "mcore_to_hf.sh", {"MCORE_DIR": str(tmp_path / "mc"), "OUT_DIR": str(tmp_path / "back"), "DTYPE": "fp32"}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""`benchlib convert hf-to-mcore | mcore-to-hf`."""
+"""`benchlib convert hf-to-mcore | mcore-to-hf | verify`."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--dist-file-size", default="1GiB",
                    help="torch_dist: largest data file written (files are held in memory while written; default 1GiB)")
     h.add_argument("--overwrite", action="store_true", help="replace an existing output folder (only once the new one is complete)")
+    h.add_argument("--allow-routing-mismatch", action="store_true",
+                   help="convert a router Megatron-Core cannot reproduce (refused by default); the difference is recorded in the checkpoint")
+    h.add_argument("--verify", action="store_true", help="run `convert verify` on the result (whole model; see --verify-layer-by-layer)")
+    h.add_argument("--verify-layer-by-layer", action="store_true", help="with --verify: one layer at a time (models larger than host memory)")
     h.set_defaults(func=_hf_to_mcore)
 
     m = sub.add_parser("mcore-to-hf", help="Megatron (torch_dist or legacy per-rank) -> Hugging Face safetensors")
@@ -51,7 +55,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--spec", default=None, help="module:function returning the layer spec the checkpoint was saved with")
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=_mcore_to_hf)
+
+    v = sub.add_parser("verify", help="run the Hugging Face and the Megatron checkpoint on the same tokens and compare them",
+                       description="Max abs difference of the embeddings, every decoder layer's hidden states and the logits; "
+                                   "exit status 1 when they diverge beyond the dtype's tolerance.")
+    v.add_argument("--hf-dir", required=True, type=Path, help="the Hugging Face folder the checkpoint was converted from")
+    v.add_argument("--mcore-dir", required=True, type=Path, help="the Megatron checkpoint (torch_dist or legacy)")
+    _verify_options(v)
+    v.set_defaults(func=_verify)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _verify_options(v: argparse.ArgumentParser) -> None:
+    v.add_argument("--layer-by-layer", action="store_true",
+                   help="one decoder layer of each side at a time, streamed from the shards (host memory ~ the largest layer)")
+    v.add_argument("--seq-len", type=int, default=32, help="tokens per sequence (random ids, seeded)")
+    v.add_argument("--batch", type=int, default=2, help="sequences")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--dtype", dest="compute_dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="computation dtype (bf16 halves the memory of --layer-by-layer; the tolerance follows the coarsest dtype)")
+    v.add_argument("--spec", default=None, help="module:function of the layer spec (default: Megatron's local spec)")
 
 
 def _hf_to_mcore(a: argparse.Namespace) -> int:
@@ -69,10 +92,30 @@ def _hf_to_mcore(a: argparse.Namespace) -> int:
     if a.format == "torch_dist" and (a.target_tp, a.target_pp, a.target_ep) != (1, 1, 1):
         print("note: torch_dist checkpoints load at any TP/PP/EP; --target-* only shape the legacy format")
     report = hf_to_mcore(a.hf_dir, a.out, formats=formats, dtype=a.dtype, layout=layout, expert_layout=a.expert_layout,
-                         spec=a.spec, overwrite=a.overwrite, dist_file_bytes=_size(a.dist_file_size))
+                         spec=a.spec, overwrite=a.overwrite, dist_file_bytes=_size(a.dist_file_size),
+                         allow_routing_mismatch=a.allow_routing_mismatch)
     print(report.summary())
     print("Megatron model flags: " + " ".join(report.megatron_flags))
+    if a.verify:
+        from benchlib.convert.verify import verify
+
+        mcore = a.out / "torch_dist" if len(formats) > 1 else a.out
+        result = verify(a.hf_dir, mcore, layer_by_layer=a.verify_layer_by_layer, spec=a.spec)
+        print(result.summary())
+        return 0 if result.passed else 1
     return 0
+
+
+def _verify(a: argparse.Namespace) -> int:
+    from benchlib.convert.verify import verify
+
+    for flag in ("seq_len", "batch"):
+        if getattr(a, flag) < 1:
+            raise BenchError(f"--{flag.replace('_', '-')} must be >= 1")
+    result = verify(a.hf_dir, a.mcore_dir, layer_by_layer=a.layer_by_layer, spec=a.spec, seq_len=a.seq_len, batch=a.batch,
+                    seed=a.seed, compute_dtype=a.compute_dtype)
+    print(result.summary())
+    return 0 if result.passed else 1
 
 
 def _mcore_to_hf(a: argparse.Namespace) -> int:

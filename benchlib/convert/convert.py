@@ -7,6 +7,7 @@ Both write into a temporary folder beside the target and rename it when complete
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -98,6 +99,44 @@ def _expected_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return {canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape") and "_extra_state" not in k}
 
 
+MTP_FLAG_NOTE = ("the run that loads it must not ask for MTP: leave --mtp-num-layers out of the model config "
+                 "(model_configs/.../<model>.yaml, e.g. DeepSeek-V3.yaml and GLM-4.5-Air.yaml set it to 1), "
+                 "or the load stops on the missing MTP keys (and with a relaxed --dist-ckpt-strictness MTP starts from random weights)")
+
+
+def _drop_absent_mtp(reader: HFReader, shape: ModelShape, cfg: dict[str, Any]) -> tuple[ModelShape, dict[str, Any], str | None]:
+    """A checkpoint saved by transformers says num_nextn_predict_layers > 0 but holds no MTP weights
+    (transformers does not keep them): convert without MTP. A partial MTP set stays an error."""
+    if not shape.mtp_layers:
+        return shape, cfg, None
+    mtp_names = [n for r in all_rules(shape) if r.layer.startswith("mtp.") for n in r.hf]
+    present = [n for n in mtp_names if n in reader]
+    if present and len(present) < len(mtp_names):
+        missing = [n for n in mtp_names if n not in reader]
+        raise BenchError(f"the checkpoint's MTP layers are incomplete: {len(missing)} of {len(mtp_names)} MTP tensors are missing, "
+                         f"e.g. {', '.join(missing[:3])}",
+                         hint="copy every shard of the checkpoint, or remove the MTP tensors entirely (then it converts without MTP)")
+    if present:
+        return shape, cfg, None
+    note = (f"config.json says num_nextn_predict_layers={shape.mtp_layers} but the checkpoint holds no MTP weights "
+            f"(transformers drops them when it saves): converted without MTP; {MTP_FLAG_NOTE}")
+    cfg = dict(cfg, num_nextn_predict_layers=0)
+    return dataclasses.replace(shape, mtp_layers=0, notes=list(shape.notes)), cfg, note
+
+
+def _check_routing(shape: ModelShape, allow: bool) -> list[str]:
+    """Refuse routing Megatron-Core cannot reproduce, unless allowed; the notes to record."""
+    from benchlib.convert.families import ALLOW_FIX
+
+    if not shape.routing_mismatches:
+        return []
+    if not allow:
+        reason, fix = shape.routing_mismatches[0]
+        more = f" ({len(shape.routing_mismatches) - 1} more difference(s))" if len(shape.routing_mismatches) > 1 else ""
+        raise BenchError(f"routing mismatch: {reason}{more}", hint=f"{fix}; {ALLOW_FIX}")
+    return [f"routing mismatch (converted with --allow-routing-mismatch): {reason}" for reason, _ in shape.routing_mismatches]
+
+
 def _check_coverage(reader: HFReader, rules: list[Rule], shape: ModelShape) -> None:
     used = {n for r in rules for n in r.hf} | set(mtp_shared_copies(shape))
     unknown = [n for n in reader.names() if n not in used and not n.endswith(IGNORED_SUFFIXES)]
@@ -151,7 +190,7 @@ class _Producer:
 
 def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("torch_dist",), dtype: str = "bf16",
                 layout: Layout = Layout(), expert_layout: str = "auto", spec: str | None = None,
-                overwrite: bool = False, dist_file_bytes: int = 2**30) -> Report:
+                overwrite: bool = False, dist_file_bytes: int = 2**30, allow_routing_mismatch: bool = False) -> Report:
     """Convert the HF checkpoint in hf_dir to a Megatron checkpoint in out_dir (see docs/convert.md)."""
     t0 = time.time()
     cfg = read_config(hf_dir)
@@ -161,7 +200,9 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
     stages = layout.stage_layers(shape.num_layers)
     if expert_layout not in ("auto", "sequential", "grouped"):
         raise BenchError(f"unknown --expert-layout {expert_layout!r}", hint="use auto, sequential or grouped")
+    routing_notes = _check_routing(shape, allow_routing_mismatch)
     reader = HFReader(hf_dir, shape.fp8_block)
+    shape, cfg, mtp_note = _drop_absent_mtp(reader, shape, cfg)
     rules = all_rules(shape)
     _check_coverage(reader, rules, shape)
     from benchlib.megatron.model import build_meta_model
@@ -176,13 +217,15 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
         raise BenchError(f"Megatron parameter {unfilled[0]} has no Hugging Face source ({len(unfilled)} in all)",
                          hint="the converter's mapping does not cover this model configuration; report it")
     report = Report("hf-to-mcore", shape.family, str(out_dir), list(formats), megatron_flags=shape.megatron_flags(),
-                    notes=list(shape.notes))
+                    notes=list(shape.notes) + routing_notes + ([mtp_note] if mtp_note else []))
     memory.trim()
     memory.reset_peak()  # after imports and the meta-model build: the conversion's own growth
     report.baseline_rss = memory.current_rss_bytes()
     produce = _Producer(reader, rules, shape, expected, _torch_dtype(dtype))
     with _Staging(out_dir, overwrite) as tmp:
         common = {"args": args, "checkpoint_version": 3.0, "iteration": ITERATION}
+        if report.notes:  # in the checkpoint's own metadata (common.pt / each rank file), not only beside it
+            common["conversion_notes"] = list(report.notes)
         if "torch_dist" in formats:
             from benchlib.megatron import checkpoint as dist_checkpoint
 
@@ -192,7 +235,7 @@ def hf_to_mcore(hf_dir: Path, out_dir: Path, *, formats: tuple[str, ...] = ("tor
         if "legacy" in formats:
             leg_dir = tmp / "legacy" if len(formats) > 1 else tmp
             extra = [canonical_name(k) for k in model.state_dict() if k.endswith("._extra_state")]
-            _write_legacy(leg_dir, shape, rules, produce, layout, stages, expert_layout, args, extra)
+            _write_legacy(leg_dir, shape, rules, produce, layout, stages, expert_layout, args, extra, report.notes)
         for d in {tmp} | ({tmp / f for f in formats} if len(formats) > 1 else set()):
             # beside each checkpoint: what mcore-to-hf and a run need to rebuild the model
             (d / "hf_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
@@ -244,7 +287,7 @@ def _stage_of(name: str, stages: list[range], mtp: bool = False) -> list[int]:
 
 
 def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Producer, layout: Layout,
-                  stages: list[range], expert_layout: str, args: Any, extra_states: list[str]) -> None:
+                  stages: list[range], expert_layout: str, args: Any, extra_states: list[str], notes: list[str]) -> None:
     """Per-rank model_optim_rng.pt files, one pipeline stage in memory at a time."""
     import copy
 
@@ -281,8 +324,10 @@ def _write_legacy(out: Path, shape: ModelShape, rules: list[Rule], produce: _Pro
             for tp_rank, sd in enumerate(per_tp):
                 d = it_dir / rank_dir(tp_rank, pp_rank, ep_rank, layout)
                 d.mkdir(parents=True, exist_ok=True)
-                torch.save({"model": sd, "args": rank_args, "checkpoint_version": 3.0, "iteration": ITERATION},
-                           d / "model_optim_rng.pt")
+                state = {"model": sd, "args": rank_args, "checkpoint_version": 3.0, "iteration": ITERATION}
+                if notes:
+                    state["conversion_notes"] = list(notes)
+                torch.save(state, d / "model_optim_rng.pt")
         del full
     (out / "latest_checkpointed_iteration.txt").write_text(f"{ITERATION}\n")
 
@@ -342,6 +387,11 @@ class _LegacyReader:
             n = len({k.split(".")[2] for k in sd if k.startswith("decoder.layers.")})
             self.offsets.append(self.offsets[-1] + n)
 
+    def release(self) -> None:
+        """Drop the rank files kept open (mmap) for the current stage."""
+        self._open.clear()
+        self._stage = -1
+
     def _file(self, tp: int, pp: int, ep: int) -> dict[str, Any]:
         import torch
 
@@ -383,7 +433,19 @@ class _LegacyReader:
                 raise BenchError(f"tensor {local} is missing from rank (tp={tp}, pp={stage}, ep={ep_rank})",
                                  hint="the checkpoint does not match hf_config.json (layers, experts, MTP)")
             shards.append(sd[key])
-        return tp_merge(candidates[0], shards).to(dtype)
+        merged = tp_merge(candidates[0], shards)
+        return merged if dtype is None else merged.to(dtype)  # None: as stored
+
+
+def open_mcore(it_dir: Path, shape: ModelShape, spec: str | None = None) -> Any:
+    """get(name, dtype) -> full (TP=1) Megatron parameter, from a torch_dist or legacy checkpoint."""
+    if (it_dir / "metadata.json").is_file():
+        from benchlib.megatron import checkpoint as dist_checkpoint
+        from benchlib.megatron.model import build_meta_model
+
+        model, _ = build_meta_model(shape, "fp32", 128, spec)
+        return dist_checkpoint.Reader(model, it_dir, canonical_name).get
+    return _LegacyReader(it_dir, shape).get
 
 
 def mcore_to_hf(mcore_dir: Path, out_dir: Path, *, hf_config: Path | None = None, dtype: str = "bf16",
@@ -403,16 +465,7 @@ def mcore_to_hf(mcore_dir: Path, out_dir: Path, *, hf_config: Path | None = None
     it_dir = _find_iter_dir(mcore_dir)
     tdt = _torch_dtype(dtype)
     report = Report("mcore-to-hf", shape.family, str(out_dir), ["safetensors"])
-    if (it_dir / "metadata.json").is_file():
-        from benchlib.megatron import checkpoint as dist_checkpoint
-        from benchlib.megatron.model import build_meta_model
-
-        model, _ = build_meta_model(shape, dtype, 128, spec)
-        src: Any = dist_checkpoint.Reader(model, it_dir, canonical_name)
-        get = src.get
-    else:
-        src = _LegacyReader(it_dir, shape)
-        get = src.get
+    get = open_mcore(it_dir, shape, spec)
     shared = mtp_shared_copies(shape)
     memory.trim()
     memory.reset_peak()  # after imports and the meta-model build: the conversion's own growth

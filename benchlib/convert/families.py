@@ -70,6 +70,8 @@ class ModelShape:
     rope_scaling: dict[str, Any] | None = None
     fp8_block: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)  # differences between HF's and Megatron's computation
+    # routing Megatron-Core cannot reproduce: (reason, fix); conversion refuses unless allowed
+    routing_mismatches: list[tuple[str, str]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -201,32 +203,87 @@ def shape_from_config(cfg: dict[str, Any]) -> ModelShape:
         mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
     )
     if mt == "glm4_moe":
-        return ModelShape(**common, **router, qk_norm=bool(cfg.get("use_qk_norm", False)),
-                          qkv_bias=bool(cfg.get("attention_bias", False)), score_function="sigmoid", expert_bias=True)
+        shape = ModelShape(**common, **router, qk_norm=bool(cfg.get("use_qk_norm", False)),
+                           qkv_bias=bool(cfg.get("attention_bias", False)), score_function="sigmoid", expert_bias=True)
+        shape.routing_mismatches = routing_mismatches(shape, cfg)
+        return shape
     sigmoid = mt == "deepseek_v3" or cfg.get("scoring_func") == "sigmoid"
     notes: list[str] = []
     if mt == "deepseek_v2":
         router["mtp_layers"] = 0
-        if cfg.get("topk_method") == "group_limited_greedy":
-            per = int(cfg["num_experts_per_tok"]) // int(cfg["topk_group"] or 1)
-            if per != 1:
-                # V2 ranks expert groups by their best expert; Megatron's group-limited routing
-                # ranks them by the sum of their top (topk / group_topk) experts
-                notes.append(f"DeepSeek-V2 group_limited_greedy ranks groups by their best expert; Megatron ranks them by the "
-                             f"sum of their top {per} experts (--moe-router-group-topk): routing can differ from Hugging Face's")
-        else:
+        if cfg.get("topk_method") != "group_limited_greedy":
             router["n_group"] = None
+    rs = scaling or {}
     rs = scaling or {}
     if rs.get("type", rs.get("rope_type")) == "yarn":
         for key, default in (("original_max_position_embeddings", 4096), ("beta_fast", 32), ("beta_slow", 1)):
             if float(rs.get(key, default)) != float(default):
                 notes.append(f"rope_scaling.{key}={rs[key]} but Megatron-Core 0.19.2 has no flag for it with MLA (uses {default})")
-    return ModelShape(
+    shape = ModelShape(
         **common, **router, mla=True, q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=int(cfg["kv_lora_rank"]),
         qk_nope_dim=int(cfg["qk_nope_head_dim"]), qk_rope_dim=int(cfg["qk_rope_head_dim"]),
         v_head_dim=int(cfg["v_head_dim"]), score_function="sigmoid" if sigmoid else "softmax",
         expert_bias=mt == "deepseek_v3", notes=notes,
     )
+    shape.routing_mismatches = routing_mismatches(shape, cfg)
+    return shape
+
+
+ALLOW_FIX = "or pass --allow-routing-mismatch to convert anyway (the checkpoint then computes different routing than Hugging Face)"
+
+
+def routing_mismatches(s: ModelShape, cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where Hugging Face's router (transformers' modeling code) and Megatron-Core 0.19.2's
+    `topk_routing_with_score_function` (moe_utils.py), given `s.megatron_flags()`, compute different
+    expert choices or weights. Qwen3-MoE and Mixtral (softmax, with or without renormalisation) always match."""
+    out: list[tuple[str, str]] = []
+    if not s.num_experts or s.model_type in ("qwen3_moe", "mixtral"):
+        return out
+    groups = bool(s.n_group and s.n_group > 1)
+    topk_group = int(s.topk_group or 1)
+    per_group = s.topk // topk_group  # Megatron: groups ranked by the sum of their top (topk // group_topk) scores
+    if s.model_type in ("deepseek_v3", "glm4_moe"):
+        if groups and per_group != 2:
+            out.append((
+                f"{s.family} ranks expert groups by the sum of their top-2 expert scores (hard-coded in transformers); "
+                f"Megatron-Core ranks them by the sum of their top topk // topk_group = {s.topk} // {topk_group} = {per_group}, "
+                f"so experts are chosen differently (n_group={s.n_group}, topk_group={topk_group}, num_experts_per_tok={s.topk})",
+                "no Megatron flag sets the per-group count; only configs with num_experts_per_tok // topk_group == 2 "
+                "(as the published DeepSeek-V3) route alike",
+            ))
+        if s.topk > 1 and not s.norm_topk:
+            out.append((
+                "norm_topk_prob is false: Hugging Face keeps the raw sigmoid scores of the chosen experts, "
+                "Megatron-Core always renormalises sigmoid scores to sum to 1 when top-k > 1",
+                "no Megatron flag turns the renormalisation off",
+            ))
+        if s.topk == 1 and s.norm_topk:
+            out.append((
+                "top-1 with norm_topk_prob: Hugging Face renormalises the single weight to 1, Megatron-Core keeps the sigmoid score",
+                "set norm_topk_prob to false in config.json if the score is meant",
+            ))
+    if s.model_type == "deepseek_v2":
+        method = cfg.get("topk_method", "greedy")
+        if s.score_function == "sigmoid":
+            out.append(("scoring_func is sigmoid, but transformers' DeepseekV2 router always scores with softmax",
+                        "set scoring_func to softmax in config.json to convert what transformers computes"))
+        if method not in ("greedy", "group_limited_greedy"):
+            out.append((f"topk_method={method!r}: transformers' DeepseekV2 router only computes greedy and group_limited_greedy",
+                        "convert with topk_method greedy or group_limited_greedy"))
+        if method == "group_limited_greedy" and groups and per_group != 1:
+            out.append((
+                f"DeepSeek-V2 group_limited_greedy ranks expert groups by their best expert; Megatron-Core ranks them by the sum "
+                f"of their top topk // topk_group = {s.topk} // {topk_group} = {per_group} experts (--moe-router-group-topk), "
+                "so experts are chosen differently",
+                "no Megatron flag ranks groups by their best expert; only num_experts_per_tok == topk_group routes alike",
+            ))
+        if s.norm_topk:
+            out.append((
+                "norm_topk_prob is true, but transformers' DeepseekV2 router never renormalises the top-k weights; "
+                "Megatron-Core would (softmax over the chosen experts' logits)",
+                "set norm_topk_prob to false in config.json to convert what transformers computes",
+            ))
+    return out
 
 
 def read_config(hf_dir: Path) -> dict[str, Any]:

@@ -98,10 +98,7 @@ def build_gpt_model(flags: list[str], *, spec: Any = None, pre_process: bool = T
     # MLA builds its RoPE table on torch.cuda.current_device() whatever --use-cpu-initialization
     # says; on a CPU-only machine answer "cpu" for the duration of the build.
     ctx = contextlib.nullcontext() if torch.cuda.is_available() else cpu_current_device()
-    from benchlib.megatron.sdpa_attention import plain_q_proj_without_q_lora
-
-    q_ctx = plain_q_proj_without_q_lora() if args.multi_latent_attention and not args.q_lora_rank else contextlib.nullcontext()
-    with ctx, q_ctx:
+    with ctx:
         model = _new_gpt(GPTModel, config, layer_spec, mtp_spec, padded, args, pre_process, post_process)
     return model
 

@@ -136,6 +136,14 @@ def save(model: Any, out_dir: Path, produce: Callable[[str], Any], common: dict[
     save_config(CheckpointingConfig("torch_dist", 1), str(out_dir))
 
 
+def _layer_of(key: str) -> str:
+    """The transformer layer a sharded key belongs to ('decoder.layers.3.', 'mtp.layers.0.'), or the key itself."""
+    import re
+
+    m = re.match(r"(.*?layers\.\d+\.)", key)
+    return m.group(1) if m else key
+
+
 class Reader:
     """Reads full (TP=1) Megatron parameters from a torch_dist checkpoint, one parameter at a time."""
 
@@ -153,6 +161,10 @@ class Reader:
         self.shapes = {canonical_name(k): tuple(v.shape) for k, v in model.state_dict().items() if hasattr(v, "shape")}
         self._cache: dict[str, Any] = {}
 
+    def release(self) -> None:
+        """Drop the tensors kept of the last layer read."""
+        self._cache = {}
+
     def has(self, name: str) -> bool:
         return name in self.table and all(key in self.meta for key, *_ in self.table[name])
 
@@ -169,16 +181,19 @@ class Reader:
             if k not in self.meta:
                 raise BenchError(f"tensor {k} (for {name}) is missing from {self.dir}",
                                  hint="the checkpoint was saved for a different model; check --hf-config")
-        # experts of one layer share one key: keep the last keys read (one layer at most)
-        if set(keys) != set(self._cache):
-            self._cache = {}
-            want = {k: torch.empty(self.meta[k].size, dtype=self.meta[k].properties.dtype) for k in keys}
-            dcp.load(want, storage_reader=self.reader, planner=DefaultLoadPlanner(allow_partial_load=True), no_dist=True)
-            self._cache = want
+        # experts of one layer share one key per projection (linear_fc1, linear_fc2), asked for in turn:
+        # keep the keys read for the current layer (one layer at most), drop those of other layers
+        missing = [k for k in keys if k not in self._cache]
+        if missing:
+            layer = _layer_of(keys[0])
+            self._cache = {k: v for k, v in self._cache.items() if _layer_of(k) == layer}
+            fresh = {k: torch.empty(self.meta[k].size, dtype=self.meta[k].properties.dtype) for k in missing}
+            dcp.load(fresh, storage_reader=self.reader, planner=DefaultLoadPlanner(allow_partial_load=True), no_dist=True)
+            self._cache.update(fresh)
         want = self._cache
         full = torch.empty(self.shapes[name], dtype=want[keys[0]].dtype)
         for key, offset, view, prepend in chunks:
             src = want[key]
             idx = tuple(slice(o, o + s) for o, s in zip(offset, (1,) * prepend + tuple(view.shape)))
             full.as_strided(view.shape, view.stride(), view.storage_offset()).copy_(src[idx].reshape(view.shape))
-        return full.to(dtype)
+        return full if dtype is None else full.to(dtype)  # None: as stored

@@ -5,11 +5,16 @@ Multi-Latent Attention passes, so DeepSeek-V2/V3 models do not build with
 `--transformer-impl local`. The conversion parity checks (CPU tests, bench/gpu_convert_mla_parity.py)
 put the torch-native spec's SDPA core attention (benchlib.megatron.spec.attention) into the local spec's
 `core_attention` slot, keeping the local spec's other modules (sequential experts).
+
+Without a q LoRA (DeepSeek-V2-Lite) 0.19.2 also asks the backend for a fused norm+linear `linear_q_proj`,
+which only Transformer Engine has; the attention module becomes the native spec's
+`NativeMLASelfAttention` (benchlib.megatron.spec.mla), which builds a plain linear there. With a q LoRA
+the local spec's explicit q/kv norms keep the projections unfused, so that class builds what
+MLASelfAttention builds.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 
 def patch_core_attention(layer_spec: Any, q_lora_rank: Optional[int] = 1) -> Any:
@@ -21,36 +26,13 @@ def patch_core_attention(layer_spec: Any, q_lora_rank: Optional[int] = 1) -> Any
     from megatron.core.transformer.identity_op import IdentityOp
 
     from benchlib.megatron.spec.attention import SDPAttention
+    from benchlib.megatron.spec.mla import NativeMLASelfAttention
 
     specs = getattr(layer_spec, "layer_specs", None) or [layer_spec]
     for spec in specs:
         attn = spec.submodules.self_attention
+        attn.module = NativeMLASelfAttention  # plain linear_q_proj without a q LoRA (see module doc)
         attn.submodules.core_attention = SDPAttention
         if not q_lora_rank and hasattr(attn.submodules, "q_layernorm"):
             attn.submodules.q_layernorm = IdentityOp
     return layer_spec
-
-
-@contextlib.contextmanager
-def plain_q_proj_without_q_lora() -> Iterator[None]:
-    """Let MLA without a q LoRA (DeepSeek-V2-Lite) build with a plain linear_q_proj on the local backend.
-
-    Megatron-Core 0.19.2's QKNormConfigResolver asks, with --qk-layernorm and no q LoRA, for a fused
-    norm+linear linear_q_proj, which only Transformer Engine provides (the local backend raises).
-    DeepSeek-V2-Lite has no norm on that path (q_proj reads the input-normed hidden states; only the
-    kv latent is normed), so for the duration of the build a plain ColumnParallelLinear is used.
-    """
-    from megatron.core.transformer import mla_qk_norm_config as mod
-
-    real = mod.QKNormConfigResolver._mla_fused_linear_or_default
-
-    def patched(self, module_spec, module_name):  # noqa: ANN001, ANN202
-        if module_name == "linear_q_proj" and not self.has_q_lora and self.fused_norm_linear_impl is None:
-            return module_spec or self.linear_impl
-        return real(self, module_spec, module_name)
-
-    mod.QKNormConfigResolver._mla_fused_linear_or_default = patched
-    try:
-        yield
-    finally:
-        mod.QKNormConfigResolver._mla_fused_linear_or_default = real

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Hugging Face DeepSeek-V3 checkpoint -> Megatron-Core checkpoint (see docs/convert.md).
 # The published fp8 weights (weight_scale_inv, 128x128 blocks) are dequantized to DTYPE; the MTP
-# layer (model.layers.61.*) becomes Megatron's mtp.layers.0 (train with --mtp-num-layers 1).
+# layer (model.layers.61.*) becomes Megatron's mtp.layers.0 (train with --mtp-num-layers 1); a checkpoint
+# re-saved by transformers has no MTP weights and converts without MTP (then leave --mtp-num-layers out).
+# VERIFY=1 checks the result against Hugging Face (VERIFY=layer-by-layer for the full model, see docs/convert.md).
 #
 #   HF_DIR=/data/hf/model OUT_DIR=/data/mcore/model bash ckpt_convert_scripts/DeepSeek-V3/hf_to_mcore.sh
 #
