@@ -20,6 +20,7 @@ TRAIN_LOG = "train.log"  # under LOGS_DIR: every rank's output, labelled
 RESULT_FILE = "result.json"  # the parsed result, written once the run ends
 INCOMPLETE_MARKER = "INCOMPLETE"  # present while the run has not finished cleanly
 JOB_RECORD = "slurm_job.json"  # the Slurm job a submitted run belongs to
+ENDING_FILE = "ended.json"  # how the launcher / Slurm says the run ended (metrics.status.Ending)
 
 
 def atomic_write(path: Path, text: str, *, mode: int | None = None, check_secrets: bool = True) -> None:

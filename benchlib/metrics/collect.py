@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import LOGS_DIR, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
-from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S
+from benchlib.core.rundir import ENDING_FILE, LOGS_DIR, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG, atomic_write_json
+from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, Ending, reconcile
 
 
 def run_logs(path: Path) -> list[Path]:
@@ -53,8 +53,40 @@ def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = Non
     else:
         raise BenchError(f"not found: {arg}", hint="give a result JSON, a log file or a run directory")
     parsed = parse_log(logs)
-    return summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
-                     hang_factor=hang_factor, hang_min_s=hang_min_s), run_dir
+    result = summarize(parsed, gpu, world_size=world_size, config=config, skip=skip,
+                       hang_factor=hang_factor, hang_min_s=hang_min_s)
+    ending = read_ending(run_dir) if run_dir is not None else None
+    return with_ending(result, ending), run_dir
+
+
+def read_ending(run_dir: Path) -> Ending | None:
+    """The run directory's ended.json (written by the launch script's collect and by `benchlib status`)."""
+    path = Path(run_dir) / ENDING_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    fields = {k: data[k] for k in ("how", "exit_status", "source", "slurm_exit_code") if k in data}
+    return Ending(**fields)
+
+
+def write_ending(run_dir: Path, ending: Ending) -> None:
+    from dataclasses import asdict
+
+    atomic_write_json(Path(run_dir) / ENDING_FILE, asdict(ending))
+
+
+def with_ending(result, ending: Ending | None):
+    """The result with its status reconciled with how the launcher / Slurm says the run ended."""
+    import dataclasses
+
+    from benchlib.metrics.status import RunStatus
+
+    if ending is None:
+        return result
+    status = reconcile(RunStatus(result.status, result.status_evidence, result.status_detail), ending)
+    return dataclasses.replace(result, status=status.status, status_evidence=status.evidence,
+                               status_detail=status.detail, exit_code=status.exit_code)
 
 
 def run_dir_config(run_dir: Path) -> dict | None:
@@ -63,12 +95,16 @@ def run_dir_config(run_dir: Path) -> dict | None:
     return load_config(path) if path.is_file() else None
 
 
-def collect_run_dir(run_dir: Path) -> int:
-    """Parse a finished run directory into its result.json and print the summary."""
+def collect_run_dir(run_dir: Path, ending: Ending | None = None) -> int:
+    """Parse a finished run directory into its result.json and print the summary. `ending` (the
+    launch script's exit status, and whether it was cancelled or cut by the time limit) is kept
+    in ended.json first, so every later parse of the directory agrees with it."""
     from benchlib.metrics.result import write_result
     from benchlib.metrics.summary_text import format_summary
 
     run_dir = Path(run_dir)
+    if ending is not None:
+        write_ending(run_dir, ending)
     log = run_dir / LOGS_DIR / TRAIN_LOG
     if not log.is_file():
         raise BenchError(f"no training log at {log}", hint="was the run started? see the Slurm output in logs/")

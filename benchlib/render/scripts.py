@@ -59,6 +59,10 @@ def _env() -> jinja2.Environment:
     return env
 
 
+# An interrupted interactive run: SIGTERM to its processes, SIGKILL to those left after this.
+STOP_GRACE_S = 10
+
+
 def train_command(run: ResolvedRun) -> list[str]:
     """What each rank executes (after the launcher: srun task or torchrun)."""
     k, c = run.knobs, run.cluster
@@ -133,4 +137,5 @@ def render_sbatch(run: ResolvedRun, run_dir: Path | None = None) -> str:
 
 
 def render_interactive(run: ResolvedRun, run_dir: Path | None = None) -> str:
-    return _render("interactive.sh.j2", run, run_dir or run.run_dir, torchrun_args=torchrun_entry(run))
+    return _render("interactive.sh.j2", run, run_dir or run.run_dir, torchrun_args=torchrun_entry(run),
+                   stop_grace_s=STOP_GRACE_S)

@@ -98,12 +98,17 @@ def _from_sacct(job_id: str, completion_log: bool) -> list[JobInfo]:
 
 
 def job_infos(job_id: str) -> list[JobInfo]:
-    """Every record Slurm has for a job id (several for an array), from the first source that knows it."""
-    for reader in (_from_scontrol, lambda j: _from_sacct(j, False), lambda j: _from_sacct(j, True)):
+    """Every record Slurm has for a job id (several for an array). While the job runs, the
+    controller's (scontrol); once it has ended, the accounting record's when there is one: it is
+    Slurm's final word (state and exit code as `sacct` shows them), the controller's may differ."""
+    live = _from_scontrol(job_id)
+    if live and not all(j.finished for j in live):
+        return live
+    for reader in (lambda j: _from_sacct(j, False), lambda j: _from_sacct(j, True)):
         jobs = reader(job_id)
-        if jobs:
+        if jobs and all(j.finished for j in jobs):
             return jobs
-    return []
+    return live
 
 
 def job_info(job_id: str) -> JobInfo | None:
