@@ -79,8 +79,12 @@ def reconcile_result(run_dir: Path, job: JobInfo) -> str | None:
         return None
     known = read_ending(run_dir) or Ending()
     ending = Ending(how=job.state, exit_status=known.exit_status, source=f"Slurm ({job.source})", slurm_exit_code=job.exit_code)
-    if ending != known:
-        write_ending(run_dir, ending)
+    if ending == known and (run_dir / RESULT_FILE).is_file():
+        try:
+            return json.loads((run_dir / RESULT_FILE).read_text()).get("status")
+        except (OSError, json.JSONDecodeError):
+            pass  # collect it again below
+    write_ending(run_dir, ending)
     config = run_dir_config(run_dir) or {}
     gpu_type = (config.get("cluster_config") or {}).get("GPU_TYPE")
     result, _ = result_for(str(run_dir), gpu=gpu_type, world_size=config.get("world_size"))
