@@ -106,7 +106,9 @@ def job_infos(job_id: str) -> list[JobInfo]:
         return live
     for reader in (lambda j: _from_sacct(j, False), lambda j: _from_sacct(j, True)):
         jobs = reader(job_id)
-        if jobs and all(j.finished for j in jobs):
+        # Only a record of every job the controller knows (the completion log files array
+        # tasks under their raw ids, so an array's tasks may be missing there).
+        if jobs and all(j.finished for j in jobs) and {j.job_id for j in live} <= {j.job_id for j in jobs}:
             return jobs
     return live
 
