@@ -87,13 +87,18 @@ elif [ -x "$BENCH_ROOT/.venv/bin/python" ] && [ -z "$(_bench_missing "$BENCH_ROO
 elif command -v python3 >/dev/null 2>&1 && [ -z "$(_bench_missing python3)" ]; then
   BENCH_PYTHON="$(command -v python3)"
 else
+  _bench_py="$(_bench_base_python)"
   if [ ! -x "$BENCH_ROOT/.venv/bin/python" ]; then
-    _bench_py="$(_bench_base_python)"
     echo "[setup] first use: creating $BENCH_ROOT/.venv on $(command -v "$_bench_py"), reusing its packages" >&2
     "$_bench_py" -m venv "$BENCH_ROOT/.venv" || return 1
-    # Every site-packages folder the base interpreter sees (its venv's or conda env's included),
-    # added after .venv's own through site.addsitedir (which also runs their .pth files).
-    _bench_site="$("$BENCH_ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  fi
+  _bench_site="$("$BENCH_ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  _bench_pyver='import sys; print(sys.version_info[:2])'
+  # Every site-packages folder the base interpreter sees (its venv's or conda env's included),
+  # added after .venv's own through site.addsitedir (which also runs their .pth files). Also
+  # added to a .venv made before this file existed, when it runs the same Python version.
+  if [ ! -f "$_bench_site/_bench_base_site.pth" ] \
+     && [ "$("$_bench_py" -c "$_bench_pyver")" = "$("$BENCH_ROOT/.venv/bin/python" -c "$_bench_pyver")" ]; then
     "$_bench_py" -c '
 import site, sys
 dirs = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]

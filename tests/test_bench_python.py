@@ -121,3 +121,16 @@ def test_offline_missing_wheel_is_named_with_its_download_command(outer_venv: Pa
     assert "pip download --no-deps --only-binary=:all: --python-version 3.12" in res.stderr
     assert "-d .whl 'jinja2'" in res.stderr
     assert "megatron" not in res.stderr.split("no wheel for", 1)[1].split("\n")[0]
+
+
+def test_a_venv_left_by_the_old_setup_is_repaired(outer_venv: Path, tmp_path: Path) -> None:
+    """The old setup's .venv (`--system-site-packages` from inside a venv: the base interpreter's
+    packages, not the venv's) is given the outer venv's packages instead of failing offline."""
+    repo = _checkout(tmp_path)
+    _fake_megatron_core_wheel(repo / ".whl")
+    subprocess.run([str(outer_venv / "bin" / "python3"), "-m", "venv", "--system-site-packages", str(repo / ".venv")],
+                   check=True, timeout=300)
+    res = _source(repo, outer_venv, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "installing into .venv what is missing: megatron-core==0.19.2" in res.stderr
+    assert str(outer_venv) in next(line for line in res.stdout.splitlines() if line.startswith("torch at"))
