@@ -32,7 +32,7 @@ _bench_missing() {
 # The wheel-file prefix of a requirement (PEP 427 names: lower case, - and . become _).
 _bench_wheel_glob() {
   local name="${1%%[<>=!~]*}"
-  name="$(printf '%s' "$name" | tr 'A-Z.-' 'a-z__')"
+  name="$(printf '%s' "$name" | tr '[:upper:]' '[:lower:]' | tr '.-' '__')"
   printf '%s-*.whl' "$name"
 }
 _bench_has_wheel() {
@@ -41,7 +41,7 @@ _bench_has_wheel() {
   for f in "$BENCH_ROOT"/.whl/*.whl; do
     # Wheel names may keep upper case (Jinja2-..., PyYAML-...): compare in lower case.
     # shellcheck disable=SC2053  # the glob is meant to match
-    [[ "$(basename "$f" | tr 'A-Z' 'a-z')" == $glob ]] && return 0
+    [[ "$(basename "$f" | tr '[:upper:]' '[:lower:]')" == $glob ]] && return 0
   done
   return 1
 }
@@ -108,7 +108,7 @@ print("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs))
   # shellcheck disable=SC2046  # one requirement per line, none with spaces
   _bench_todo=$(_bench_missing "$BENCH_ROOT/.venv/bin/python")
   if [ -n "$_bench_todo" ]; then
-    echo "[setup] installing into .venv what is missing: $(echo $_bench_todo)" >&2
+    echo "[setup] installing into .venv what is missing: ${_bench_todo//$'\n'/ }" >&2
     # shellcheck disable=SC2086
     _bench_install $_bench_todo || return 1
   fi

@@ -24,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_SITE = Path(sysconfig.get_paths()["purelib"])
+pytestmark = [pytest.mark.megatron]  # the outer venv borrows this environment's torch
 
 
 def _fake_megatron_core_wheel(whl_dir: Path) -> Path:

@@ -24,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "Qwen3-30B-A3B-Proxy"
 STANDIN = ROOT / "tests" / "rank_standin.py"
+pytestmark = [pytest.mark.megatron]  # the stand-in uses torch.distributed and Megatron's signal handler
 
 
 def _env(clean_env: dict[str, str], out: Path, **extra: str) -> dict[str, str]:

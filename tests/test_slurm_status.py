@@ -65,6 +65,7 @@ def test_command_step_that_succeeds_is_completed(slurm_cluster: SlurmCluster) ->
     _agrees(slurm_cluster, run_dir, row, "completed")
 
 
+@pytest.mark.megatron
 @pytest.mark.parametrize(("mode", "status"), [("crash", "crashed"), ("oom", "oom")])
 def test_failed_rank_ends_the_job_failed(slurm_cluster: SlurmCluster, mode: str, status: str) -> None:
     tag = f"standin-{uuid.uuid4().hex}"

@@ -29,7 +29,8 @@ export MASTER_PORT
 
 # Every process of this run carries this token in its environment: torchrun starts each worker
 # in a session of its own, so neither the process group nor the parent chain finds them all.
-export BENCH_RUN_TOKEN="$$-$(date +%s%N)"
+BENCH_RUN_TOKEN="$$-$(date +%s%N)"
+export BENCH_RUN_TOKEN
 run_pids() {
   # /proc/PID/environ is the environment a process was exec'd with: this shell and its subshells
   # predate the token, and grep runs without it, so only the run's programs match.
@@ -43,7 +44,7 @@ stop_run() {
   local pids i
   pids="$(run_pids)"
   [ -n "$pids" ] || return 0
-  note "stopping $(echo $pids | wc -w) process(es) of this run: SIGTERM, SIGKILL after 10 s"
+  note "stopping the run's processes (${pids//$'\n'/ }): SIGTERM, SIGKILL after 10 s"
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null || true
   for ((i = 0; i < 50; i++)); do
@@ -51,7 +52,7 @@ stop_run() {
     pids="$(run_pids)"
     [ -n "$pids" ] || return 0
   done
-  note "still running after 10 s, SIGKILL: $(echo $pids)"
+  note "still running after 10 s, SIGKILL: ${pids//$'\n'/ }"
   # shellcheck disable=SC2086
   kill -KILL $pids 2>/dev/null || true
 }
