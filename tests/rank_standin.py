@@ -30,7 +30,8 @@ def body(mode: str) -> None:
     global_vars._set_signal_handler(signal.SIGTERM)
     if mode != "ok":  # a finished rank exits normally, which joins threads: ok has none
         threading.Thread(target=time.sleep, args=(3600,), name="never-ends").start()
-    print(f"rank {rank} pid {os.getpid()} training", flush=True)
+    sys.stdout.write(f"rank {rank} pid {os.getpid()} training\n")  # one write: whole lines
+    sys.stdout.flush()
     if mode == "crash" and rank == 1:
         raise RuntimeError("stand-in rank failure")
     if mode == "oom" and rank == 0:
