@@ -102,7 +102,9 @@ def job_infos(job_id: str) -> list[JobInfo]:
     controller's (scontrol); once it has ended, the accounting record's when there is one: it is
     Slurm's final word (state and exit code as `sacct` shows them), the controller's may differ."""
     live = _from_scontrol(job_id)
-    if live and not all(j.finished for j in live):
+    # COMPLETING: the job has ended (its epilog runs) and the controller shows the batch shell's
+    # exit code (e.g. 143:0 of a cancelled job), while accounting may already have Slurm's verdict.
+    if live and not all(j.finished or j.state == "COMPLETING" for j in live):
         return live
     for reader in (lambda j: _from_sacct(j, False), lambda j: _from_sacct(j, True)):
         jobs = reader(job_id)
