@@ -401,7 +401,7 @@ def test_rendered_sbatch_starts_the_follower_before_training_and_stops_it_after_
     text = render_sbatch(resolve_run(["CLUSTER=template"], env, mode="sbatch"))
     subprocess.run(["bash", "-n"], input=text, text=True, check=True)
     start, train = text.index("-m benchlib wandb-follow"), text.index('srun "${SRUN_ARGS[@]}"')
-    collect, stop, limit = text.index("-m benchlib collect"), text.index('> "$WANDB_STOP"'), text.index('if [ "$CUT" = "time limit" ]')
+    collect, stop, limit = text.index("-m benchlib collect"), text.index('> "$WANDB_STOP"'), text.rindex('if [ "$CUT" = "time limit" ]')  # the wait for Slurm's time limit, last
     assert start < train < collect < stop < limit
     line = text[text.rindex("\n", 0, start) + 1:text.index("\n", start)]
     assert ("srun --overlap" in line) == (runtime == "pyxis") and ("--parent-pid" in line) == (runtime == "none")

@@ -26,6 +26,7 @@ JOB_RECORD = "slurm_job.json"  # the Slurm job a submitted run belongs to
 WANDB_RUN_FILE = "wandb_run.json"  # the run's WandB run (id, project, mode, what is logged): push updates it
 WANDB_STOP_FILE = "wandb_stop"  # written by the job script when training ended (its exit status): the follower finishes
 WANDB_LOG = "wandb.log"  # under LOGS_DIR: the WandB follower's own output (never mixed into TRAIN_LOG)
+ENDING_FILE = "ended.json"  # how the launcher / Slurm says the run ended (metrics.status.Ending)
 
 
 def atomic_write(path: Path, text: str, *, mode: int | None = None, check_secrets: bool = True) -> None:

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("collect", help="parse a run directory's log into result.json and print the summary")
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--exit-status", type=int, help="the training step's exit status (the launch scripts pass it)")
+    p.add_argument("--ended", choices=("cancelled", "timeout"), help="the run was interrupted or cut by the time limit")
+    p.add_argument("--source", default="launch script", help="who says how it ended (kept in ended.json)")
     p.set_defaults(func=_collect)
 
     p = sub.add_parser("models", help="list the shipped models")
@@ -72,8 +75,12 @@ def _render(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from benchlib.metrics.collect import collect_run_dir
+    from benchlib.metrics.status import Ending
 
-    return collect_run_dir(args.run_dir)
+    ending = None
+    if args.exit_status is not None or args.ended:
+        ending = Ending(how=args.ended or "", exit_status=args.exit_status, source=args.source)
+    return collect_run_dir(args.run_dir, ending)
 
 
 def _models(args: argparse.Namespace) -> int:

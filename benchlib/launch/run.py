@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,7 @@ def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None)
     dry_run = environ.get("DRY_RUN", "0") not in ("", "0")
     if mode == "interactive" and not dry_run:
         _refuse_without_gpu(argv, environ)  # before layout errors that only a missing GPU causes
+        refuse_busy_gpus(environ)
     run, script = prepare(mode, argv, environ)
     if environ.get("DRY_RUN", "0") not in ("", "0"):
         sys.stdout.write(script)
@@ -144,5 +146,77 @@ def launch(mode: str, argv: list[str], environ: Mapping[str, str] | None = None)
         print(f"run directory {run.run_dir}")
         return 0
     say(f"run directory {run.run_dir}")
-    proc = subprocess.run(["bash", str(script_path)], env=environ)
-    return proc.returncode
+    if run.knobs.NNODES == 1 and not environ.get("MASTER_PORT"):
+        # A fixed port collides with any other run on the box (or a leftover rank of an earlier one).
+        environ["MASTER_PORT"] = str(free_port())
+    return run_script(script_path, environ)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's pick)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def run_script(script_path: Path, environ: Mapping[str, str]) -> int:
+    """Run the interactive script to its end. SIGINT/SIGTERM/SIGHUP to this process are passed on
+    to the script, whose trap stops every process of the run; this process never kills it itself
+    (subprocess.run would SIGKILL it on Ctrl-C, leaving the ranks behind)."""
+    proc = subprocess.Popen(["bash", str(script_path)], env=dict(environ))
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def gpu_holders() -> list[tuple[str, str, str, str]]:
+    """(pid, process name, used memory, command line) of each compute process on this machine's GPUs."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    holders = []
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 3 or not parts[0].isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{parts[0]}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmdline = ""
+        holders.append((parts[0], parts[1], parts[2], cmdline or parts[1]))
+    return holders
+
+
+def refuse_busy_gpus(environ: Mapping[str, str]) -> None:
+    """A GPU held by another process (often a leftover rank of an earlier run) is refused:
+    the new run would run out of memory or measure a shared GPU."""
+    holders = gpu_holders()
+    if not holders:
+        return
+    listing = "; ".join(f"pid {pid} ({mem}): {cmd[:200]}" for pid, _name, mem, cmd in holders)
+    if environ.get("ALLOW_BUSY_GPU", "0") not in ("", "0"):
+        say(f"warning: GPU(s) in use by other processes, launching anyway (ALLOW_BUSY_GPU): {listing}")
+        return
+    pids = " ".join(pid for pid, *_ in holders)
+    raise BenchError(
+        f"{len(holders)} process(es) already use this machine's GPUs: {listing}",
+        hint=f"stop them (kill {pids}; kill -9 {pids} if they ignore it), or launch anyway with ALLOW_BUSY_GPU=1",
+    )

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from benchlib.core.errors import BenchError
-from benchlib.core.rundir import CALIBRATION_LOG, LOGS_DIR, MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG
-from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S
+from benchlib.core.rundir import CALIBRATION_LOG, ENDING_FILE, LOGS_DIR, MANIFEST_FILE, RESOLVED_FILE, RESULT_FILE, TRAIN_LOG, atomic_write_json
+from benchlib.metrics.status import DEFAULT_HANG_FACTOR, DEFAULT_HANG_MIN_S, Ending, reconcile
 
 
 def run_logs(path: Path) -> list[Path]:
@@ -61,7 +61,8 @@ def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = Non
                        hang_factor=hang_factor, hang_min_s=hang_min_s)
     if run_dir is not None:
         add_run_dir_parts(result, run_dir, config=config, skip=skip)
-    return result, run_dir
+    ending = read_ending(run_dir) if run_dir is not None else None
+    return with_ending(result, ending), run_dir
 
 
 def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int | None = None) -> None:
@@ -85,6 +86,36 @@ def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int |
         result.warnings.append(warning)
 
 
+def read_ending(run_dir: Path) -> Ending | None:
+    """The run directory's ended.json (written by the launch script's collect and by `benchlib status`)."""
+    path = Path(run_dir) / ENDING_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    fields = {k: data[k] for k in ("how", "exit_status", "source", "slurm_exit_code") if k in data}
+    return Ending(**fields)
+
+
+def write_ending(run_dir: Path, ending: Ending) -> None:
+    from dataclasses import asdict
+
+    atomic_write_json(Path(run_dir) / ENDING_FILE, asdict(ending))
+
+
+def with_ending(result, ending: Ending | None):
+    """The result with its status reconciled with how the launcher / Slurm says the run ended."""
+    import dataclasses
+
+    from benchlib.metrics.status import RunStatus
+
+    if ending is None:
+        return result
+    status = reconcile(RunStatus(result.status, result.status_evidence, result.status_detail), ending)
+    return dataclasses.replace(result, status=status.status, status_evidence=status.evidence,
+                               status_detail=status.detail, exit_code=status.exit_code)
+
+
 def run_dir_config(run_dir: Path) -> dict | None:
     """The run's resolved.json, when it has one."""
     path = Path(run_dir) / RESOLVED_FILE
@@ -103,12 +134,16 @@ def run_dir_result(run_dir: Path):
     return result
 
 
-def collect_run_dir(run_dir: Path) -> int:
-    """Parse a finished run directory into its result.json and print the summary."""
+def collect_run_dir(run_dir: Path, ending: Ending | None = None) -> int:
+    """Parse a finished run directory into its result.json and print the summary. `ending` (the
+    launch script's exit status, and whether it was cancelled or cut by the time limit) is kept
+    in ended.json first, so every later parse of the directory agrees with it."""
     from benchlib.metrics.result import write_result
     from benchlib.metrics.summary_text import format_summary
 
     run_dir = Path(run_dir)
+    if ending is not None:
+        write_ending(run_dir, ending)
     result = run_dir_result(run_dir)
     write_result(result, run_dir / RESULT_FILE)
     print(format_summary(result))

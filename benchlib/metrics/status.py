@@ -1,8 +1,12 @@
 """How a run ended, with the log line that shows it.
 
 Only the last launch segment counts (an earlier crash that was restarted is history).
-Precedence, first match wins: oom > nan > nccl_timeout > timeout > completed > cancelled >
-crashed > (no end marker) hang | running.
+Precedence, first match wins: oom > nan > nccl_timeout > timeout > completed > (cancelled |
+crashed: whichever the log shows first, so a cancel line that follows a crash, e.g. srun's
+--kill-on-bad-exit, never masks it) > (no end marker) hang | running.
+
+The log is then reconciled with how the launcher and Slurm say the run ended (`Ending`, kept in
+the run directory's ended.json): see `reconcile`.
 
 Hang rule: with no end marker and no failure line, the run is `hang` when
   (a) the log's own latest timestamp (Megatron's, or torch/NCCL C++ warnings) is more than
@@ -30,7 +34,9 @@ EXIT_CODES: dict[str, int] = {
     "nccl_timeout": 8,
     "hang": 9,
     "crashed": 10,
+    "node_failure": 11,
 }
+FAILURES = ("oom", "nan", "nccl_timeout", "crashed")
 STATUSES = tuple(EXIT_CODES)
 
 DEFAULT_HANG_FACTOR = 10.0
@@ -91,11 +97,11 @@ def determine_status(parsed: ParsedLog, median_iter_s: float | None, *, hang_fac
             return RunStatus("timeout", e.line, detail="--exit-interval reached")
     if e := _first(kind("done")):
         return RunStatus("completed", e.line)
-    if e := _first(kind("cancelled")):
-        return RunStatus("cancelled", e.line)
-    if e := _first(kind("traceback")):
-        return RunStatus("crashed", e.detail or e.line, detail=e.line)
-    if e := _first(kind("exit_code")):
+    if e := _first(kind("cancelled", "traceback", "exit_code")):
+        if e.kind == "cancelled":
+            return RunStatus("cancelled", e.line)
+        if e.kind == "traceback":
+            return RunStatus("crashed", e.detail or e.line, detail=e.line)
         return RunStatus("crashed", e.line)
     last = iters[-1] if iters else None
     if last is not None and last.iteration >= last.train_iters:
@@ -117,3 +123,75 @@ def determine_status(parsed: ParsedLog, median_iter_s: float | None, *, hang_fac
         return RunStatus("hang", parsed.last_line.strip(),
                          detail=f"log not written for {idle:.0f} s (limit {threshold:.0f} s) and no end marker; last: {where}")
     return RunStatus("running", parsed.last_line.strip(), detail=f"log written {idle:.0f} s ago, no end marker yet; last: {where}")
+
+
+# Slurm's final job states, as the run's status (ended.json keeps Slurm's own word).
+SLURM_STATES: dict[str, str] = {
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "TIMEOUT": "timeout",
+    "DEADLINE": "timeout",
+    "CANCELLED": "cancelled",
+    "PREEMPTED": "cancelled",
+    "NODE_FAIL": "node_failure",
+    "BOOT_FAIL": "node_failure",
+}
+
+
+@dataclass
+class Ending:
+    """How the run ended according to its launcher or Slurm, not its log.
+
+    `how`: "" (only the exit status is known), "cancelled", "timeout", or a Slurm job state.
+    `exit_status`: the training step's exit status (the launch script's), when known.
+    """
+    how: str = ""
+    exit_status: int | None = None
+    source: str = ""  # "interactive launch", "sbatch job", "sacct", ...
+    slurm_exit_code: str = ""  # Slurm's "status:signal"
+
+    def outcome(self) -> str:
+        """completed, failed, timeout, cancelled, node_failure, or "" when unknown."""
+        how = self.how.strip()
+        if how in ("cancelled", "timeout", "completed", "failed", "node_failure"):
+            return how
+        if how:
+            return SLURM_STATES.get(how.split()[0].upper(), "")
+        if self.exit_status is None:
+            return ""
+        return "completed" if self.exit_status == 0 else "failed"
+
+    def describe(self) -> str:
+        words = [self.source or "launcher", self.how or ("exit" if self.exit_status is not None else "")]
+        if self.exit_status is not None:
+            words.append(f"status {self.exit_status}")
+        if self.slurm_exit_code:
+            words.append(f"ExitCode {self.slurm_exit_code}")
+        return " ".join(w for w in words if w)
+
+
+def reconcile(log_status: RunStatus, ending: Ending | None) -> RunStatus:
+    """The run's status once the launcher or Slurm has said how it ended.
+
+    Slurm's (or the launcher's) outcome decides the status; the log decides the failure class:
+    completed -> completed (a step without an end marker, e.g. ENTRY=command, is not `running`);
+    failed -> the log's failure (oom, nan, nccl_timeout, crashed), else crashed;
+    timeout -> timeout; cancelled -> cancelled; node failure -> node_failure.
+    """
+    outcome = ending.outcome() if ending else ""
+    if not outcome or ending is None:
+        return log_status
+    said = ending.describe()
+    log_words = f"the log says {log_status.status}: {log_status.evidence}".strip()
+    if outcome == "completed":
+        if log_status.status in ("running", "hang", "cancelled"):
+            return RunStatus("completed", said, detail=log_words)
+        return log_status
+    if outcome == "failed":
+        if log_status.status in FAILURES:
+            return log_status
+        return RunStatus("crashed", said, detail=log_words)
+    if log_status.status == outcome:
+        return log_status
+    return RunStatus(outcome, said, detail=log_words)

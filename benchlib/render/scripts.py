@@ -64,6 +64,8 @@ def train_entry(run: ResolvedRun) -> str:
     if run.knobs.ENTRY == "auto":
         return "pretrain_gpt" if run.cluster.MEGATRON_PATH else "driver"
     return run.knobs.ENTRY
+# An interrupted interactive run: SIGTERM to its processes, SIGKILL to those left after this.
+STOP_GRACE_S = 10
 
 
 def train_command(run: ResolvedRun) -> list[str]:
@@ -144,4 +146,5 @@ def render_sbatch(run: ResolvedRun, run_dir: Path | None = None) -> str:
 
 
 def render_interactive(run: ResolvedRun, run_dir: Path | None = None) -> str:
-    return _render("interactive.sh.j2", run, run_dir or run.run_dir, torchrun_args=torchrun_entry(run))
+    return _render("interactive.sh.j2", run, run_dir or run.run_dir, torchrun_args=torchrun_entry(run),
+                   stop_grace_s=STOP_GRACE_S)

@@ -66,9 +66,42 @@ def _slurm_view(job_id: str) -> list[JobInfo]:
     return job_infos(job_id)
 
 
+def reconcile_result(run_dir: Path, job: JobInfo) -> str | None:
+    """Once Slurm has decided, its final state goes into the run's ended.json and result.json is
+    collected again, so the result agrees with Slurm (a job collected before Slurm wrote its
+    time-limit line, a cancelled job that never collected). Returns the result's status."""
+    from benchlib.core.rundir import LOGS_DIR, TRAIN_LOG
+    from benchlib.metrics.collect import read_ending, result_for, run_dir_config, write_ending
+    from benchlib.metrics.result import write_result
+    from benchlib.metrics.status import Ending
+
+    if not job.finished or not (run_dir / LOGS_DIR / TRAIN_LOG).is_file():
+        return None
+    known = read_ending(run_dir) or Ending()
+    ending = Ending(how=job.state, exit_status=known.exit_status, source=f"Slurm ({job.source})", slurm_exit_code=job.exit_code)
+    if ending == known and (run_dir / RESULT_FILE).is_file():
+        try:
+            return json.loads((run_dir / RESULT_FILE).read_text()).get("status")
+        except (OSError, json.JSONDecodeError):
+            pass  # collect it again below
+    write_ending(run_dir, ending)
+    config = run_dir_config(run_dir) or {}
+    gpu_type = (config.get("cluster_config") or {}).get("GPU_TYPE")
+    result, _ = result_for(str(run_dir), gpu=gpu_type, world_size=config.get("world_size"))
+    write_result(result, run_dir / RESULT_FILE)
+    return result.status
+
+
 def _run_summary(run_dir: Path | None, job_id: str, jobs: list[JobInfo]) -> dict:
     info: dict = {"job_id": job_id, "run_dir": str(run_dir) if run_dir else None}
     info["jobs"] = [asdict(j) for j in jobs]
+    own = [j for j in jobs if j.job_id == str(job_id)]
+    if run_dir is not None and len(own) == 1:
+        try:
+            info["status"] = reconcile_result(run_dir, own[0])
+        except BenchError as err:
+            info["status"] = None
+            info["status_error"] = str(err)
     if run_dir is not None:
         log = run_log(run_dir, job_id)
         prog = log_progress(log) if log else None
@@ -97,7 +130,8 @@ def _print_summary(s: dict) -> None:
         if s.get("incomplete"):
             print(f"marker:   {INCOMPLETE_MARKER} (cut by the time limit, or stopped before the end)")
         if s.get("result"):
-            print(f"result:   {s['result']}")
+            status = f" (status {s['status']})" if s.get("status") else ""
+            print(f"result:   {s['result']}{status}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -125,6 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         prog = s.get("progress")
         extra = f" it {prog['iteration']}/{prog['total']}" if prog else ""
         extra += " INCOMPLETE" if s.get("incomplete") else ""
+        extra += f" {s['status']}" if s.get("status") else ""
         print(f"{s['job_id']:>10}  {state:<28}{extra}  {s['run_dir']}")
     return 0
 

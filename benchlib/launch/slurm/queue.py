@@ -98,12 +98,21 @@ def _from_sacct(job_id: str, completion_log: bool) -> list[JobInfo]:
 
 
 def job_infos(job_id: str) -> list[JobInfo]:
-    """Every record Slurm has for a job id (several for an array), from the first source that knows it."""
-    for reader in (_from_scontrol, lambda j: _from_sacct(j, False), lambda j: _from_sacct(j, True)):
+    """Every record Slurm has for a job id (several for an array). While the job runs, the
+    controller's (scontrol); once it has ended, the accounting record's when there is one: it is
+    Slurm's final word (state and exit code as `sacct` shows them), the controller's may differ."""
+    live = _from_scontrol(job_id)
+    # COMPLETING: the job has ended (its epilog runs) and the controller shows the batch shell's
+    # exit code (e.g. 143:0 of a cancelled job), while accounting may already have Slurm's verdict.
+    if live and not all(j.finished or j.state == "COMPLETING" for j in live):
+        return live
+    for reader in (lambda j: _from_sacct(j, False), lambda j: _from_sacct(j, True)):
         jobs = reader(job_id)
-        if jobs:
+        # Only a record of every job the controller knows (the completion log files array
+        # tasks under their raw ids, so an array's tasks may be missing there).
+        if jobs and all(j.finished for j in jobs) and {j.job_id for j in live} <= {j.job_id for j in jobs}:
             return jobs
-    return []
+    return live
 
 
 def job_info(job_id: str) -> JobInfo | None:

@@ -14,19 +14,19 @@ from __future__ import annotations
 import os
 import sys
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from benchlib.core.errors import BenchError
 from benchlib.megatron.driver.argv import check_runnable, te_importable
+from benchlib.megatron.driver.ending import run_rank
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     argv = list(sys.argv[1:] if argv is None else argv)
     backend = check_runnable(argv, te_importable())
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"benchlib driver: backend {backend} (as resolved by the launcher)", flush=True)
-    run(argv, backend)
-    return 0
+    run_rank(partial(run, argv, backend))  # ends the process: a failed rank never lingers (ending.py)
 
 
 def run(argv: list[str], backend: str) -> None:

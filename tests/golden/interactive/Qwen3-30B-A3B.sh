@@ -6,8 +6,11 @@ set -euo pipefail
 RUN_DIR=/runs/Qwen3-30B-A3B/20260101-000000-Qwen3-30B-A3B-TP1PP1EP8-bf16
 LOG=/runs/Qwen3-30B-A3B/20260101-000000-Qwen3-30B-A3B-TP1PP1EP8-bf16/logs/train.log
 SUITE_ROOT=@SUITE_ROOT@
+PYTHON=python3
 mkdir -p "$RUN_DIR/logs"
 echo "started $(date -u +%FT%TZ)" > "$RUN_DIR/INCOMPLETE"
+
+note() { printf '[bench %s] %s\n' "$(date -u +%FT%TZ)" "$*" | tee -a "$LOG" >&2; }
 
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export COMPILE=0
@@ -22,24 +25,72 @@ export TORCH_NCCL_AVOID_RECORD_STREAMS=1
 # Several nodes of an allocation: one torchrun per node through srun, node rank from Slurm.
 MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"
 export MASTER_ADDR
-LAUNCHER=(srun --nodes=4 --ntasks-per-node=1 --label bash -c 'export PET_NODE_RANK=$SLURM_NODEID; exec "$@"' node)
+MASTER_PORT="${MASTER_PORT:-29500}"
+LAUNCHER=(srun --nodes=4 --ntasks-per-node=1 --kill-on-bad-exit=1 --label bash -c 'export PET_NODE_RANK=$SLURM_NODEID; exec "$@"' node)
+export MASTER_PORT
+
+# Every process of this run carries this token in its environment: torchrun starts each worker
+# in a session of its own, so neither the process group nor the parent chain finds them all.
+BENCH_RUN_TOKEN="$$-$(date +%s%N)"
+export BENCH_RUN_TOKEN
+run_pids() {
+  # /proc/PID/environ is the environment a process was exec'd with: this shell and its subshells
+  # predate the token, and grep runs without it, so only the run's programs match.
+  local file
+  for file in $(env -u BENCH_RUN_TOKEN grep -lzxF "BENCH_RUN_TOKEN=$BENCH_RUN_TOKEN" /proc/[0-9]*/environ 2>/dev/null); do
+    file="${file#/proc/}"; echo "${file%/environ}"
+  done
+}
+# SIGTERM to every process of the run, SIGKILL to those still there after the grace period.
+stop_run() {
+  local pids i
+  pids="$(run_pids)"
+  [ -n "$pids" ] || return 0
+  note "stopping the run's processes (${pids//$'\n'/ }): SIGTERM, SIGKILL after 10 s"
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    sleep 0.2
+    pids="$(run_pids)"
+    [ -n "$pids" ] || return 0
+  done
+  note "still running after 10 s, SIGKILL: ${pids//$'\n'/ }"
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+}
+ENDED=""
+ENDED_STATUS=0
+# shellcheck disable=SC2329  # runs through `trap`
+on_interrupt() {
+  trap '' INT TERM
+  ENDED="cancelled"
+  ENDED_STATUS=$2
+  note "interrupted by $1: the run is cancelled"
+  stop_run
+}
+trap 'on_interrupt SIGINT 130' INT
+trap 'on_interrupt SIGTERM 143' TERM
 
 # GPU calibration (CALIBRATE=0 turns it off): every rank measures its GPU into calibration/ (seconds).
 # Best effort: a failure is noted and training goes on. Its own port: the training rendezvous follows.
-"${LAUNCHER[@]}" python3 -m torch.distributed.run \
+"${LAUNCHER[@]}" "$PYTHON" -m torch.distributed.run \
   --nnodes=4 --nproc-per-node=8 \
-  --master-addr="$MASTER_ADDR" --master-port=29501 \
+  --master-addr="$MASTER_ADDR" --master-port="$((MASTER_PORT + 1))" \
   -m benchlib.megatron.calibrate --out-dir "$RUN_DIR/calibration" \
-  > "$RUN_DIR/logs/calibration.log" 2>&1 || echo "calibration failed (see $RUN_DIR/logs/calibration.log); training goes on"
+  > "$RUN_DIR/logs/calibration.log" 2>&1 || note "calibration failed (see $RUN_DIR/logs/calibration.log); training goes on"
 
+note "rendezvous $MASTER_ADDR:$MASTER_PORT"
 status=0
 for REPEAT in $(seq 1 1); do  # (body not indented: it is the one launch)
-echo "[bench] launch $REPEAT of 1 (REPEATS)"
 set +e
-"${LAUNCHER[@]}" python3 -m torch.distributed.run \
-  --nnodes=4 --nproc-per-node=8 \
-  --master-addr="$MASTER_ADDR" --master-port=29500 \
-  -m benchlib.megatron.driver \
+# In the background, so the traps above run while it does (bash runs a trap only after a
+# foreground pipeline ends); with pipefail its status is torchrun's.
+(
+  "${LAUNCHER[@]}" "$PYTHON" -m torch.distributed.run \
+    --nnodes=4 --nproc-per-node=8 \
+    --max-restarts=0 --monitor-interval=0.5 \
+    --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" \
+    -m benchlib.megatron.driver \
     --tensor-model-parallel-size 1 \
     --pipeline-model-parallel-size 1 \
     --expert-model-parallel-size 8 \
@@ -106,14 +157,27 @@ set +e
     --exit-signal-handler \
     --manual-gc \
     --manual-gc-interval 100 \
-  2>&1 | tee -a "$LOG"
-status=${PIPESTATUS[0]}
+    2>&1 | tee -a "$LOG"
+) &
+STEP_PID=$!
+status=0
+while :; do
+  wait "$STEP_PID" && status=0 || status=$?
+  kill -0 "$STEP_PID" 2>/dev/null || break  # still running: a trapped signal woke us up
+done
 set -e
+[ -z "$ENDED" ] || break  # interrupted: no further launch
 [ "$status" -eq 0 ] || break  # a failed launch ends the repeats
 done
+set +e
+trap '' INT TERM
+stop_run  # a rank that outlived torchrun (it should not) does not keep the GPU
+set -e
 
-if [ "$status" -eq 0 ]; then
+if [ -n "$ENDED" ]; then
+  status=$ENDED_STATUS
+elif [ "$status" -eq 0 ]; then
   rm -f "$RUN_DIR/INCOMPLETE"
 fi
-python3 -m benchlib collect "$RUN_DIR" || true
+"$PYTHON" -m benchlib collect "$RUN_DIR" --exit-status "$status" --source "interactive launch" ${ENDED:+--ended "$ENDED"} || true
 exit "$status"

@@ -186,10 +186,14 @@ else
   rm -f "$MARKER"
 fi
 
-# result.json from the log (benchlib.metrics). Best effort: never changes the job's exit status;
-# a step without iteration lines (ENTRY=command/validate) simply gets no result.
+# result.json from the log (benchlib.metrics) and the step's exit status (and a time-limit cut):
+# the log alone cannot tell a step that ended without an end marker, and Slurm's time-limit line
+# comes only after this; `benchlib status` reconciles with Slurm's final state later. Best
+# effort: never changes the job's exit status.
 note "collecting $RUN_DIR/result.json"
-if srun --nodes=1 --ntasks=1 "${CONTAINER_ARGS[@]}" "$PYTHON" -m benchlib collect "$RUN_DIR"; then
+COLLECT_ARGS=(--exit-status "$status" --source "sbatch job")
+if [ "$CUT" = "time limit" ]; then COLLECT_ARGS+=(--ended timeout); fi
+if srun --nodes=1 --ntasks=1 "${CONTAINER_ARGS[@]}" "$PYTHON" -m benchlib collect "$RUN_DIR" "${COLLECT_ARGS[@]}"; then
   note "result written"
 else
   note "collect reported an unfinished or unparsable run (see above); the job's status stays training's"
