@@ -36,7 +36,10 @@ def record_problems(records: dict[str, dict[str, Any]]) -> list[str]:
             name = rec.get(key)
             if name and name not in SCENARIOS:
                 problems.append(f"{stem}: {key} {name!r} is no scenario in bench/scenarios.py")
-        if scenario and scenario in SCENARIOS:
+        # a run with overrides (`bench run NAME KEY=VALUE --name N`) is another run: its own name
+        reproduce = (rec.get("reproduce") or "").strip()
+        with_overrides = bool(reproduce) and reproduce != f"python -m bench run {scenario}"
+        if scenario and scenario in SCENARIOS and not with_overrides:
             names = {SCENARIOS[scenario].record_name(gpu) for gpu in GPU_TYPES}
             if stem not in names:
                 problems.append(f"{stem}: scenario {scenario!r} writes a record named like "
@@ -48,10 +51,18 @@ def _fmt(value: Any, pattern: str) -> str:
     return pattern.format(value) if isinstance(value, (int, float)) else "-"
 
 
+def peer_cell(rec: dict[str, Any]) -> str:
+    variants = (rec.get("peer") or {}).get("variants") or {}
+    if not variants:
+        return "-"
+    return " / ".join(_fmt((variants.get(v) or {}).get("tokens_per_s_per_gpu"), "{:.0f}") for v in ("eager", "compiled"))
+
+
 def table_markdown(records: dict[str, dict[str, Any]]) -> str:
     """One row per training record made from a scenario, by GPU count then name."""
-    head = ("| record | GPUs | TFLOP/s/GPU | MFU | tokens/s/GPU | iter (s) | max alloc (MB) | baseline TFLOP/s | ratio |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ("| record | GPUs | TFLOP/s/GPU | MFU | tokens/s/GPU | iter (s) | max alloc (MB) | baseline TFLOP/s | ratio "
+            "| torchtitan tokens/s/GPU (eager / compiled) | suite / torchtitan compiled |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for stem, rec in sorted(records.items(), key=lambda kv: (kv[1].get("gpu_count") or 0, kv[0])):
         if not rec.get("scenario") or rec.get("tflops_per_gpu_megatron") is None:
@@ -62,6 +73,7 @@ def table_markdown(records: dict[str, dict[str, Any]]) -> str:
             f"| `{stem}`", str(rec.get("gpu_count")), _fmt(rec.get("tflops_per_gpu_megatron"), "{:.1f}"),
             _fmt(rec.get("mfu"), "{:.1%}"), _fmt(rec.get("tokens_per_s_per_gpu"), "{:.0f}"),
             _fmt(rec.get("steady_iteration_time_s"), "{:.3f}"), _fmt(max(mem) if mem else None, "{:.0f}"),
-            _fmt(base, "{:.1f}"), _fmt(rec.get("ratio_vs_baseline"), "{:.2f}x") + " |",
+            _fmt(base, "{:.1f}"), _fmt(rec.get("ratio_vs_baseline"), "{:.2f}x"),
+            peer_cell(rec), _fmt((rec.get("peer") or {}).get("suite_ratio_vs_compiled"), "{:.4f}x") + " |",
         ]))
     return "\n".join([TABLE_BEGIN, head, *rows, TABLE_END])

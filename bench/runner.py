@@ -280,6 +280,7 @@ def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: l
         "model": scenario.model,
         "gpu_type": gpu_type,
         "gpu_count": run["result"].get("num_gpus"),
+        "suite_commit": run["manifest"].get("suite_commit"),
         "versions": versions(run["manifest"]),
         "calibration": calibration,
         **run_facts(run, main.command),

@@ -130,11 +130,15 @@ def test_record_provenance_problems_are_found() -> None:
         "h200x1_unknown": {**good, "scenario": "no-such-scenario"},
         "h200x4_qwen3-30b-a3b-proxy_fastops_mbs4": good,  # 1-GPU scenario under a 4-GPU name
         "old": {"historical": "x", "superseded_by": "no-such-scenario"},
+        "h200x4_renamed": {**good, "reproduce": "python -m bench run qwen3-30b-a3b-proxy_fastops_mbs4"},  # no override
     }
     problems = record_problems(planted)
     assert len(problems) == len(planted), problems
     for stem in planted:
         assert any(p.startswith(stem + ":") for p in problems), stem
+    # a run with overrides (`bench run NAME KEY=VALUE --name N`) keeps the name it was given
+    custom = {**good, "reproduce": "python -m bench run qwen3-30b-a3b-proxy_fastops_mbs4 COMPILE=1"}
+    assert record_problems({"h200x1_qwen3-30b-a3b-proxy_fastops_mbs4_compile": custom}) == []
 
 
 def test_readme_table_is_generated_from_the_records() -> None:

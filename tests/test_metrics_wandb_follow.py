@@ -454,3 +454,21 @@ def test_sbatch_job_with_wandb_makes_exactly_one_run(slurm_cluster, wandb_env):
     assert_every_iteration(got["iterations"], FIXTURE)
     assert_suite_summary(got["summary"], json.loads((run_dir / RESULT_FILE).read_text()))
     assert got["summary"]["job/exit_status"] == 0 and got["run"].run_id == record_of(run_dir)["id"]
+
+
+# --- the run a real H200 job wrote ------------------------------------------------------------------
+
+H200_RUN = Path(__file__).resolve().parent / "fixtures" / "wandb" / "h200"
+H200_LOG = Path(__file__).resolve().parent / "fixtures" / "gate" / "h200x1_qwen3-proxy_repeats5_train.log"
+
+
+def test_the_offline_run_of_a_real_h200_job_has_every_iteration_and_the_suite_summary():
+    """`WANDB=1 WANDB_MODE=offline python -m bench run qwen3-30b-a3b-proxy_repeats5` on one H200
+    (2026-12-01): the job's one offline run (its .wandb file), its result.json and its train.log
+    (tests/fixtures/gate/, five launches of 30 iterations). Read back with wandb's protobufs."""
+    run = read_run(H200_RUN / "run-fa0bb368.wandb")
+    result = json.loads((H200_RUN / "result.json").read_text())
+    assert len(run["iterations"]) == 150  # 5 launches x 30 iterations, each logged as it was written
+    assert_every_iteration(run["iterations"], H200_LOG)
+    assert_suite_summary(run["summary"], result)
+    assert run["summary"]["status"] == "completed" and result["repeats"]["n"] == 5

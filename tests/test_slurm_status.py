@@ -95,8 +95,10 @@ def _cmdline_has(proc: Path, tag: str) -> bool:
 
 @pytest.mark.megatron
 def test_two_rank_flag_error_is_crashed_not_cancelled(slurm_cluster: SlurmCluster) -> None:
-    """Both ranks refuse the flag; srun's --kill-on-bad-exit cancel line follows: the crash wins."""
-    job_id, run_dir = launch(slurm_cluster, "--no-such-megatron-flag", ENTRY="validate", COMMENT="st-badflag")
+    """Both ranks refuse the flags; srun's --kill-on-bad-exit cancel line follows: the crash wins.
+    `--fp16` beside the rendered `--bf16` is known to Megatron's parser (an unknown flag is now refused
+    at launch, before any job) and refused by its validate_args on every rank."""
+    job_id, run_dir = launch(slurm_cluster, "--fp16", ENTRY="validate", COMMENT="st-badflag")
     row = slurm_cluster.wait_finished(job_id, timeout=150)
     assert row["State"] == "FAILED" and row["ExitCode"] != "0:0", row
     result = _result(run_dir)
