@@ -8,7 +8,7 @@
 # container, a venv, a conda env): .venv gets a .pth file that adds python3's own site-packages
 # (`python3 -m venv --system-site-packages` would not do: from inside a venv or conda env it exposes
 # the *base* interpreter's packages, not the env's), and only the missing packages go into .venv.
-# Offline machines: put the missing wheels in .whl/ (docs/offline-setup.md); then no index is used,
+# Offline machines: put the missing wheels in .whl/ (docs/gpu.md, Offline setup); then no index is used,
 # and a wheel that is needed but not there is named with the command that fetches it.
 BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$BENCH_ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -58,7 +58,7 @@ _bench_install() {  # install the requirements "$@" into .venv
         echo "[setup]   ($venv_py cannot import it, and the machine's python3 does not have it either)" >&2
         echo "[setup]   fetch it on a machine with internet, from this checkout's root, and copy .whl/ here:" >&2
         echo "[setup]   python3 -m pip download --no-deps --only-binary=:all: --python-version $pyver --implementation cp --platform manylinux_2_28_x86_64 -d .whl '$req'" >&2
-        echo "[setup]   (docs/offline-setup.md lists the wheels; or install it into python3 yourself)" >&2
+        echo "[setup]   (docs/gpu.md, Offline setup lists the wheels; or install it into python3 yourself)" >&2
         return 1
       fi
     done
