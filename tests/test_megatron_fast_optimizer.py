@@ -64,19 +64,11 @@ for module in (clip_grads, distrib_optimizer, optimizer_module, mcore_utils):
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.transformer.transformer_config import TransformerConfig
 from benchlib.megatron import fast_optimizer
+from tiny_moe import tiny_moe_config
 from benchlib.megatron.spec.layer_spec import build_native_spec
 
-cfg = TransformerConfig(
-    num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, kv_channels=16, ffn_hidden_size=96,
-    num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32, gated_linear_unit=True,
-    activation_func=torch.nn.functional.silu, normalization="RMSNorm", qk_layernorm=True, add_bias_linear=False,
-    use_cpu_initialization=True, moe_token_dispatcher_type="allgather", bias_activation_fusion=False,
-    masked_softmax_fusion=False, persist_layer_norm=False, gradient_accumulation_fusion=False, apply_rope_fusion=False,
-    transformer_impl="local", init_method_std=0.02, moe_grouped_gemm=True, moe_aux_loss_coeff=0.0,
-    hidden_dropout=0.0, attention_dropout=0.0, bf16=True, params_dtype=torch.bfloat16,
-)
+cfg = tiny_moe_config(bf16=True, params_dtype=torch.bfloat16)
 clip = float(sys.argv[1])
 torch.manual_seed(3)
 batches = [(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))) for _ in range(3 * world)][rank::world]
@@ -138,7 +130,7 @@ def run_child(clip: float, tmp_path: Path, ranks: int = 1, ep: int = 1, **env_ex
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = dict(os.environ, EP=str(ep), OMP_NUM_THREADS="1", **env_extra,
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     proc = subprocess.run([*launcher, str(script), str(clip)], env=env, capture_output=True, text=True,

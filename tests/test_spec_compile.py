@@ -21,17 +21,9 @@ def compile_module():
 
 
 def _config():
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from tiny_moe import tiny_moe_config
 
-    return TransformerConfig(
-        num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, kv_channels=16, ffn_hidden_size=96,
-        num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32, gated_linear_unit=True,
-        activation_func=torch.nn.functional.silu, normalization="RMSNorm", qk_layernorm=True, add_bias_linear=False,
-        use_cpu_initialization=True, moe_token_dispatcher_type="allgather", bias_activation_fusion=False,
-        masked_softmax_fusion=False, persist_layer_norm=False, gradient_accumulation_fusion=False, apply_rope_fusion=False,
-        transformer_impl="local", init_method_std=0.02, moe_grouped_gemm=True, moe_aux_loss_coeff=0.0,
-        hidden_dropout=0.0, attention_dropout=0.0,
-    )
+    return tiny_moe_config()
 
 
 def test_compiled_norms_and_router_match_eager_without_graph_breaks(mpu, compile_module, monkeypatch):

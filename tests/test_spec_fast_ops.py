@@ -225,19 +225,10 @@ def test_moe_model_loss_and_gradients_unchanged_by_fast_ops(mpu, interpreted, fa
     gradients with the stand-ins as with Megatron's functions. (The all-gather dispatcher: the
     all-to-all one makes a CUDA stream at build time; both call the same permute/unpermute.)"""
     from megatron.core.models.gpt.gpt_model import GPTModel
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
     from benchlib.megatron.spec.layer_spec import build_native_spec
+    from tiny_moe import tiny_moe_config
 
-    cfg = TransformerConfig(
-        num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, kv_channels=16, ffn_hidden_size=96,
-        num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32, gated_linear_unit=True,
-        activation_func=torch.nn.functional.silu, normalization="RMSNorm", qk_layernorm=True, add_bias_linear=False,
-        use_cpu_initialization=True, moe_token_dispatcher_type="allgather", bias_activation_fusion=False,
-        masked_softmax_fusion=False, persist_layer_norm=False, gradient_accumulation_fusion=False, apply_rope_fusion=False,
-        transformer_impl="local", init_method_std=0.02, moe_grouped_gemm=True, moe_aux_loss_coeff=0.0,
-        hidden_dropout=0.0, attention_dropout=0.0,
-    )
+    cfg = tiny_moe_config()
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # rotary embedding asks for a GPU
     torch.manual_seed(7)
     model = GPTModel(cfg, build_native_spec(cfg), vocab_size=300, max_sequence_length=16, position_embedding_type="rope")
