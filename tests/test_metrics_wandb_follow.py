@@ -379,7 +379,9 @@ def test_wandb_refused_where_the_jobs_python_lacks_it(tmp_path, clean_env, pytho
 
 
 def test_wandb_online_without_key_warns_and_goes_offline(tmp_path, clean_env):
-    base = {**clean_env, "MODEL": PROXY, "WANDB": "1", "DRY_RUN": "1", "ENTRY": "command", "ENTRY_COMMAND": "true"}
+    # online: no WANDB_MODE (tests/run.sh exports WANDB_MODE=offline for every other test)
+    online = {k: v for k, v in clean_env.items() if k != "WANDB_MODE"}
+    base = {**online, "MODEL": PROXY, "WANDB": "1", "DRY_RUN": "1", "ENTRY": "command", "ENTRY_COMMAND": "true"}
     proc = _launcher("interactive_benchmarking.sh", base)
     assert proc.returncode == 0 and "without WANDB_API_KEY" in proc.stderr and "offline" in proc.stderr, proc.stderr
     assert "wandb-follow" in proc.stdout and "--wandb-" not in proc.stdout  # Megatron's own writer stays off
