@@ -22,5 +22,11 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_linked_docs_exist():
+    """Every docs/ link of the README names a file, and its #anchor (if any) one of that file's headings."""
     for link in re.findall(r"\]\((docs/[^)]+)\)", README):
-        assert (REPO / link).is_file(), link
+        path, _, anchor = link.partition("#")
+        assert (REPO / path).is_file(), link
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (REPO / path).read_text(), re.M)
+            slugs = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, (link, sorted(slugs))
