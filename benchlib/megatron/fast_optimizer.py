@@ -27,26 +27,20 @@ all-reduces where they are.
 """
 from __future__ import annotations
 
-import os
 import weakref
-from typing import Any, Callable
+from typing import Any
 
-_ORIGINALS: dict[str, Any] = {}
+from benchlib.megatron.stand_ins import StandIns
 
-
-def enabled() -> bool:
-    return os.environ.get("FAST_OPTIMIZER", "1") not in ("0", "false", "no", "off")
-
-
-def installed() -> list[str]:
-    """The patched names, `module:name` (empty when nothing is installed)."""
-    return sorted(_ORIGINALS)
+_STAND_INS = StandIns("FAST_OPTIMIZER", "1")
+enabled, installed = _STAND_INS.enabled, _STAND_INS.installed
+_patch, _original = _STAND_INS.patch, _STAND_INS.original
 
 
 def install() -> list[str]:
     """Put the stand-ins in place (idempotent); returns what is patched. Nothing is patched
     where Megatron found TE or Apex (their fused optimizer and multi-tensor kernels are used)."""
-    if not enabled() or _ORIGINALS:
+    if not enabled() or installed():
         return installed()
     import megatron.core.optimizer as optimizer_pkg
     from megatron.core import utils as mcore_utils
@@ -71,28 +65,10 @@ def install() -> list[str]:
 
 def uninstall() -> None:
     """Restore Megatron's originals (tests)."""
-    import importlib
-
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    for key, original in list(_ORIGINALS.items()):
-        owner_name, name = key.split(":")
-        owner = DistributedOptimizer if owner_name == _DISTOPT else importlib.import_module(owner_name)
-        setattr(owner, name, original)
-        del _ORIGINALS[key]
+    _STAND_INS.restore()
 
 
 _DISTOPT = "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer"
-
-
-def _patch(owner: Any, name: str, replacement: Any) -> None:
-    owner_name = _DISTOPT if isinstance(owner, type) else owner.__name__
-    _ORIGINALS[f"{owner_name}:{name}"] = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-    setattr(owner, name, replacement)
-
-
-def _original(owner_name: str, name: str) -> Callable[..., Any]:
-    return _ORIGINALS[f"{owner_name}:{name}"]
 
 
 # --- Adam -----------------------------------------------------------------------------------

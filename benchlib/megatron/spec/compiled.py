@@ -21,38 +21,27 @@ The knob keeps its name on the rank: COMPILE (0 by default until measured on the
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
-_ORIGINALS: dict[str, Callable[..., Any]] = {}
+from benchlib.megatron.stand_ins import StandIns
+
+_STAND_INS = StandIns("COMPILE", "0")
+enabled, installed = _STAND_INS.enabled, _STAND_INS.installed
 _ROUTER = "megatron.core.transformer.moe.router"
-
-
-def enabled() -> bool:
-    return os.environ.get("COMPILE", "0") not in ("0", "false", "no", "off", "")
-
-
-def installed() -> list[str]:
-    return sorted(_ORIGINALS)
 
 
 def install() -> list[str]:
     """Compile the router scoring (idempotent); returns what is patched."""
-    if not enabled() or _ORIGINALS:
+    if not enabled() or installed():
         return installed()
     from megatron.core.transformer.moe import router
 
-    _ORIGINALS[f"{_ROUTER}:topk_routing_with_score_function"] = router.topk_routing_with_score_function
-    router.topk_routing_with_score_function = compiled_topk_routing
+    _STAND_INS.patch(router, "topk_routing_with_score_function", compiled_topk_routing)
     return installed()
 
 
 def uninstall() -> None:
-    from megatron.core.transformer.moe import router
-
-    for key, original in list(_ORIGINALS.items()):
-        setattr(router, key.split(":")[1], original)
-        del _ORIGINALS[key]
+    _STAND_INS.restore()
     _compiled_routing.clear()
 
 
@@ -61,7 +50,7 @@ _compiled_routing: dict[str, Callable[..., Any]] = {}
 
 def compiled_topk_routing(logits: Any, topk: int, *args: Any, **kwargs: Any) -> Any:
     """Megatron's `topk_routing_with_score_function`, compiled where it is plain torch."""
-    original = _ORIGINALS[f"{_ROUTER}:topk_routing_with_score_function"]
+    original = _STAND_INS.original(_ROUTER, "topk_routing_with_score_function")
     if kwargs.get("fused") or kwargs.get("router_replay") is not None or args:
         return original(logits, topk, *args, **kwargs)
     if "fn" not in _compiled_routing:

@@ -16,24 +16,18 @@ cover back to Megatron's original:
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Callable
+from typing import Any
 
-_ORIGINALS: dict[str, Callable[..., Any]] = {}
+from benchlib.megatron.stand_ins import StandIns
 
-
-def enabled() -> bool:
-    return os.environ.get("FAST_OPS", "1") not in ("0", "false", "no", "off")
-
-
-def installed() -> list[str]:
-    """The patched names, `module:name` (empty when nothing is installed)."""
-    return sorted(_ORIGINALS)
+_STAND_INS = StandIns("FAST_OPS", "1")
+enabled, installed = _STAND_INS.enabled, _STAND_INS.installed
+_patch, _original = _STAND_INS.patch, _STAND_INS.original
 
 
 def install() -> list[str]:
     """Put the stand-ins in place (idempotent); returns what is patched."""
-    if not enabled() or _ORIGINALS:
+    if not enabled() or installed():
         return installed()
     from megatron.core import tensor_parallel
     from megatron.core.models.common.language_module import language_module
@@ -51,26 +45,7 @@ def install() -> list[str]:
 
 def uninstall() -> None:
     """Restore Megatron's functions (tests)."""
-    import importlib
-
-    for key, original in list(_ORIGINALS.items()):
-        module_name, name = key.split(":")
-        setattr(importlib.import_module(module_name), name, original)
-        del _ORIGINALS[key]
-
-
-def _patch(module: Any, name: str, replacement: Callable[..., Any]) -> None:
-    _ORIGINALS[f"{module.__name__}:{name}"] = getattr(module, name)
-    setattr(module, name, replacement)
-
-
-def _original(module_name: str, name: str) -> Callable[..., Any]:
-    key = f"{module_name}:{name}"
-    if key in _ORIGINALS:
-        return _ORIGINALS[key]
-    import importlib
-
-    return getattr(importlib.import_module(module_name), name)
+    _STAND_INS.restore()
 
 
 # --- cross-entropy --------------------------------------------------------------------------
