@@ -125,7 +125,6 @@ def check_permute(tokens: int, experts: int, topk: int, hidden: int) -> dict:
 
 
 def check_rope(seq: int, batch: int, heads: int, dim: int) -> dict:
-    from megatron.core.models.common.embeddings import rope_utils
 
     from benchlib.megatron.spec import fast_ops
 
@@ -143,9 +142,8 @@ def check_rope(seq: int, batch: int, heads: int, dim: int) -> dict:
             return y, x.grad
         return step
 
-    original = rope_utils._apply_rotary_pos_emb_bshd
-    if "megatron.core.models.common.embeddings.rope_utils:_apply_rotary_pos_emb_bshd" in fast_ops._ORIGINALS:
-        original = fast_ops._ORIGINALS["megatron.core.models.common.embeddings.rope_utils:_apply_rotary_pos_emb_bshd"]
+    # Megatron's own, whether or not the stand-ins are installed
+    original = fast_ops._original("megatron.core.models.common.embeddings.rope_utils", "_apply_rotary_pos_emb_bshd")
     mine = fwd_bwd(fast_ops.apply_rotary_pos_emb_bshd)()
     ref = fwd_bwd(original)()
     out = {
