@@ -125,7 +125,6 @@ def check_permute(tokens: int, experts: int, topk: int, hidden: int) -> dict:
 
 
 def check_rope(seq: int, batch: int, heads: int, dim: int) -> dict:
-
     from benchlib.megatron.spec import fast_ops
 
     torch.manual_seed(2)
