@@ -117,6 +117,11 @@ def _scenarios() -> dict[str, Scenario]:
                  "timings (bench/gpu_fast_ops_check.py)",
                  gpus=1, check_command=(PYTHON, "bench/gpu_fast_ops_check.py", OUT_DIR + "/fast_ops_check.json"),
                  check_output="fast_ops_check.json"),
+        Scenario("adam_check", "the AdamW kernel (benchlib/megatron/fast_adam.py) against torch's AdamW on the GPU, and "
+                 "its time on the Qwen3-30B-A3B proxy's 3.1 B parameters against torch's fused AdamW plus the "
+                 "bf16 copy (bench/gpu_adam_check.py)",
+                 gpus=1, check_command=(PYTHON, "bench/gpu_adam_check.py", OUT_DIR + "/adam_check.json"),
+                 check_output="adam_check.json"),
         Scenario("convert_mla_parity", "MLA checkpoint conversion: Hugging Face vs Megatron logits on the GPU "
                  "(bench/gpu_convert_mla_parity.py)",
                  gpus=1, check_command=(PYTHON, "bench/gpu_convert_mla_parity.py", OUT_DIR),

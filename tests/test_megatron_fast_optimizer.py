@@ -104,8 +104,11 @@ def train():
     main = [p.detach().float().reshape(-1).tolist() for part in parts for group in part.shard_fp32_from_float16_groups for p in group]
     model_params = {n: p.detach().float().reshape(-1).tolist() for n, p in model.named_parameters()}
     fused = [part.optimizer.defaults.get("fused") for part in parts]
-    assert all(getattr(part.optimizer, "grad_scale", None) is None for part in parts)  # no clip outlives its step
-    return {"losses": losses, "norms": norms, "main": main, "model": model_params, "fused": fused, "parts": len(parts)}
+    kinds = [type(part.optimizer).__name__ for part in parts]
+    assert all(getattr(part.optimizer, "grad_scale", None) is None and getattr(part.optimizer, "clip_coeff", None) is None
+               for part in parts)  # no clip outlives its step
+    return {"losses": losses, "norms": norms, "main": main, "model": model_params, "fused": fused, "parts": len(parts),
+            "kinds": kinds}
 
 megatron_own = train()
 patched = fast_optimizer.install()
@@ -113,7 +116,16 @@ counted(clip_grads, "l2_norm_impl")
 counted(clip_grads, "multi_tensor_scale_impl")
 counted(optimizer_module, "clip_grad_by_total_norm_fp32")
 counted(distrib_optimizer.DistributedOptimizer, "_copy_main_params_to_model_params")
+from benchlib.megatron import fast_adam
+counted(fast_adam.TritonAdamW, "_kernel_step")
+written = []
+take_written = fast_adam.TritonAdamW.take_written
+def recording_take_written(self, *args):
+    written.append(take_written(self, *args))
+    return written[-1]
+fast_adam.TritonAdamW.take_written = recording_take_written
 fast = train()
+calls["copies_skipped"] = sum(written)
 if rank == 0:
     print("RESULT " + json.dumps({"megatron": megatron_own, "fast": fast, "patched": patched, "calls": calls}))
 """
@@ -145,14 +157,26 @@ def max_rel(a: list[float], b: list[float]) -> float:
     return float((ta - tb).abs().max() / tb.abs().max().clamp_min(1e-12))
 
 
+@pytest.mark.parametrize("kernel", ["triton", "torch-foreach"])
 @pytest.mark.parametrize("ranks,ep", [(1, 1), (2, 2)], ids=["1rank", "2ranks-ep2"])
-def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, ranks, ep):
+def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, ranks, ep, kernel):
     """One rank, and two ranks with EP=2 (dense parameters data-parallel over both, experts
-    split): the same stand-ins, each on its rank's shard, give Megatron's steps."""
-    out = run_child(0.05, tmp_path, ranks=ranks, ep=ep)  # the grad norm is ~2-3: clipping scales every step
+    split): the same stand-ins, each on its rank's shard, give Megatron's steps. `triton`: the
+    AdamW kernel (fast_adam.py) under Triton's CPU interpreter, as it runs on a GPU, writing the
+    bf16 params itself from the second step on; `torch-foreach`: the same optimizer class on CPU
+    tensors without the interpreter, which hands the step to torch's own (foreach) AdamW."""
+    env = {"BENCH_KERNELS_ON_CPU": "1"} if kernel == "triton" else {"BENCH_KERNELS_ON_CPU": "0"}
+    # the grad norm is ~2-3: clipping scales every step
+    out = run_child(0.05, tmp_path, ranks=ranks, ep=ep, **env)
     own, fast = out["megatron"], out["fast"]
     assert "megatron.core.optimizer:Adam" in out["patched"]
-    assert own["fused"] == [None] * own["parts"] and fast["fused"] == [True] * fast["parts"]
+    assert own["kinds"] == ["AdamW"] * own["parts"] and fast["kinds"] == ["TritonAdamW"] * fast["parts"]
+    if kernel == "triton":
+        assert out["calls"]["_kernel_step"] >= 3 * fast["parts"]
+        # step 1 registers the bf16 destinations (and copies); steps 2 and 3 wrote them in the kernel
+        assert out["calls"]["copies_skipped"] == 2 * fast["parts"]
+    else:
+        assert out["calls"].get("_kernel_step", 0) == 0 and out["calls"]["copies_skipped"] == 0
     # the stand-ins really ran: a norm per step per part, a clip per step per part (folded into
     # the fused step: no scaling pass of its own), one copy per step per part
     assert out["calls"]["l2_norm_impl"] >= 3 * fast["parts"]

@@ -10,16 +10,16 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 
 | replaced (module.name) | with | falls back for |
 | --- | --- | --- |
-| optimizer.Adam, optimizer.USING_PYTORCH_OPTIMIZER | torch AdamW/Adam with `fused=True` (one kernel per step) | - |
+| optimizer.Adam, optimizer.USING_PYTORCH_OPTIMIZER | AdamW: one multi-tensor Triton kernel that also writes the bf16 params (fast_adam.py); Adam (L2 decay): torch's with `fused=True` | torch's fused step for non-fp32 or non-CUDA tensors, amsgrad, maximize |
 | clip_grads.l2_norm_impl | `torch._foreach_norm` + one norm of the norms, no host sync | - |
 | optimizer.clip_grad_by_total_norm_fp32 | no pass of its own: the fused AdamW divides each gradient by 1/clip_coeff as it reads it (torch's `grad_scale`) | decoupled grads, tensor norms, parameters of an optimizer it did not build or only partly given |
 | clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl | `torch._foreach_mul_` / `_foreach_copy_` | - |
 | optimizer._multi_tensor_copy_this_to_that | `torch._foreach_copy_` (casts fp32 -> bf16 as `copy_` does) | - |
-| DistributedOptimizer._copy_main_params_to_model_params | one `torch._foreach_copy_` into the parameter buffer | Megatron-FSDP, precision-aware optimizer, fp8/fp4 param gather, stub optimizers |
+| DistributedOptimizer._copy_main_params_to_model_params | nothing when the step just wrote those bf16 params; else one `torch._foreach_copy_` into the parameter buffer (and the step writes them from then on) | Megatron-FSDP, precision-aware optimizer, fp8/fp4 param gather, stub optimizers |
 
 The arithmetic is the same as Megatron's (the norm is the 2-norm of the per-tensor 2-norms in
-the gradients' dtype; scaling multiplies in the source dtype; AdamW's update is torch's), so
-results agree to fp32 rounding. Where Megatron found TE or Apex nothing is replaced. The same
+the gradients' dtype; scaling multiplies in the source dtype; AdamW's update is torch's fused
+formula), so results agree to fp32 rounding, and the bf16 params are the fp32 ones rounded once. Where Megatron found TE or Apex nothing is replaced. The same
 code runs at any EP/DP size: the stand-ins act on each rank's local shard and leave Megatron's
 all-reduces where they are.
 
@@ -75,13 +75,19 @@ _DISTOPT = "megatron.core.optimizer.distrib_optimizer.DistributedOptimizer"
 
 def fused_adam(params: Any, adam_w_mode: bool = True, **kwargs: Any) -> Any:
     """Takes the place of TE/Apex `FusedAdam(params, ..., adam_w_mode=)` in Megatron's builder:
-    torch's AdamW (decoupled weight decay) or Adam, with the fused single-kernel update.
+    AdamW (decoupled weight decay) as fast_adam.TritonAdamW, or torch's Adam, fused.
     Each such optimizer is remembered, so that clipping can be folded into its step."""
     import torch
 
+    if adam_w_mode and kwargs.get("fused", True):
+        from benchlib.megatron.fast_adam import TritonAdamW
+
+        kwargs.pop("fused", None)
+        opt = TritonAdamW(params, **kwargs)  # takes the clip coefficient itself (clip_coeff)
+        _FUSED_OPTIMIZERS.add(opt)
+        return opt
     kwargs.setdefault("fused", True)
-    cls = torch.optim.AdamW if adam_w_mode else torch.optim.Adam
-    opt = cls(params, **kwargs)
+    opt = (torch.optim.AdamW if adam_w_mode else torch.optim.Adam)(params, **kwargs)
     if opt.defaults.get("fused"):
         _FUSED_OPTIMIZERS.add(opt)
         step = opt.step
@@ -115,9 +121,9 @@ def _owners_of(params: list) -> dict[int, Any]:
 
 
 def clip_grad_by_total_norm_fp32(parameters: Any, max_norm: float, total_norm: Any, use_decoupled_grad: bool = False) -> None:
-    """Megatron's clip by total norm, folded into the next optimizer step: the fused AdamW
-    divides each gradient by `grad_scale` = 1/clip_coeff as it reads it, which saves a read and
-    a write of every fp32 gradient. Same coefficient as Megatron (max_norm / (norm + 1e-6),
+    """Megatron's clip by total norm, folded into the next optimizer step: TritonAdamW multiplies
+    each gradient by `clip_coeff` as it reads it (torch's fused Adam divides by `grad_scale` =
+    1/clip_coeff), which saves a read and a write of every fp32 gradient. Same coefficient as Megatron (max_norm / (norm + 1e-6),
     applied only below 1). Anything else goes to Megatron's original."""
     import torch
 
@@ -137,9 +143,13 @@ def clip_grad_by_total_norm_fp32(parameters: Any, max_norm: float, total_norm: A
             parameters, max_norm, total_norm, use_decoupled_grad=use_decoupled_grad)
     clip_coeff = max_norm / (total_norm + 1.0e-6)
     for opt in owners.values():
-        opt.grad_scale = (
-            torch.full((), 1.0 / clip_coeff, dtype=torch.float32, device=with_grads[0].device) if clip_coeff < 1.0 else None
-        )
+        if hasattr(opt, "clip_coeff"):  # TritonAdamW multiplies, as Megatron's clip does
+            opt.clip_coeff = clip_coeff if clip_coeff < 1.0 else None
+        else:  # torch's fused step divides by grad_scale
+            opt.grad_scale = (
+                torch.full((), 1.0 / clip_coeff, dtype=torch.float32, device=with_grads[0].device)
+                if clip_coeff < 1.0 else None
+            )
     return None
 
 
@@ -215,6 +225,7 @@ def copy_main_params_to_model_params(self: Any) -> None:
         return _original(_DISTOPT, "_copy_main_params_to_model_params")(self)
     sources: list = []
     destinations: list = []
+    mains: list = []  # the main params themselves (sources are flat views of them)
     for shard_main_groups, model_groups in (
         (self.shard_fp32_from_float16_groups, self.model_float16_groups),
         (self.shard_fp32_groups, self.model_fp32_groups),
@@ -227,6 +238,12 @@ def copy_main_params_to_model_params(self: Any) -> None:
                 buffer = self.buffers[gbuf_index].buckets[bucket_id].param_data
                 destinations.append(buffer.view(-1)[world_range.start : world_range.end])
                 sources.append(shard_main_param.view(-1))
+                mains.append(shard_main_param)
+    inner = self.optimizer
+    if hasattr(inner, "take_written"):  # TritonAdamW: the step writes the bf16 params itself
+        if inner.take_written(mains, destinations):
+            return None
+        inner.write_through(mains, destinations)  # from the next step on
     if sources:
         with torch.no_grad():
             torch._foreach_copy_(destinations, sources)
