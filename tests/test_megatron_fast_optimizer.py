@@ -86,7 +86,8 @@ def train():
     torch.manual_seed(7)
     model = GPTModel(cfg, build_native_spec(cfg), vocab_size=300, max_sequence_length=16,
                      position_embedding_type="rope").bfloat16()
-    ddp = DistributedDataParallel(cfg, DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True), model)
+    ddp = DistributedDataParallel(cfg, DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True,
+                                                                     check_for_nan_in_grad=True), model)
     opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, weight_decay=0.1, bf16=True,
                                                  use_distributed_optimizer=True, clip_grad=clip), [ddp])
     losses, norms = [], []
@@ -107,8 +108,18 @@ def train():
     kinds = [type(part.optimizer).__name__ for part in parts]
     assert all(getattr(part.optimizer, "grad_scale", None) is None and getattr(part.optimizer, "clip_coeff", None) is None
                for part in parts)  # no clip outlives its step
+    # a NaN gradient: Megatron's per-bucket check must stop the step, with its own message
+    ddp.zero_grad_buffer()
+    opt.zero_grad()
+    tokens, labels = batches[0]
+    (ddp(tokens, positions, None, labels=labels).float().mean() * float("nan")).backward()
+    try:
+        ddp.finish_grad_sync()
+        nan_error = None
+    except RuntimeError as e:
+        nan_error = str(e).split("message=")[-1]
     return {"losses": losses, "norms": norms, "main": main, "model": model_params, "fused": fused, "parts": len(parts),
-            "kinds": kinds}
+            "kinds": kinds, "nan_error": nan_error}
 
 megatron_own = train()
 patched = fast_optimizer.install()
@@ -116,8 +127,10 @@ counted(clip_grads, "l2_norm_impl")
 counted(clip_grads, "multi_tensor_scale_impl")
 counted(optimizer_module, "clip_grad_by_total_norm_fp32")
 counted(distrib_optimizer.DistributedOptimizer, "_copy_main_params_to_model_params")
-from benchlib.megatron import fast_adam
+from benchlib.megatron import fast_adam, grad_accumulate
 counted(fast_adam.TritonAdamW, "_kernel_step")
+counted(fast_optimizer, "_validate_bucket_norms")
+counted(grad_accumulate, "accumulate_")
 written = []
 take_written = fast_adam.TritonAdamW.take_written
 def recording_take_written(self, *args):
@@ -171,12 +184,19 @@ def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, ranks,
     own, fast = out["megatron"], out["fast"]
     assert "megatron.core.optimizer:Adam" in out["patched"]
     assert own["kinds"] == ["AdamW"] * own["parts"] and fast["kinds"] == ["TritonAdamW"] * fast["parts"]
+    # Megatron's per-bucket NaN check ran (deferred to the end of the grad sync, not per bucket),
+    # and stops a NaN step with Megatron's own message
+    assert out["calls"]["_validate_bucket_norms"] >= 4 * fast["parts"]
+    assert own["nan_error"] and "found NaN in local grad norm for bucket #0" in own["nan_error"]
+    assert fast["nan_error"] == own["nan_error"]
     if kernel == "triton":
+        assert out["calls"]["accumulate_"] > 0  # main_grad += grad in the kernel
         assert out["calls"]["_kernel_step"] >= 3 * fast["parts"]
         # step 1 registers the bf16 destinations (and copies); steps 2 and 3 wrote them in the kernel
         assert out["calls"]["copies_skipped"] == 2 * fast["parts"]
     else:
         assert out["calls"].get("_kernel_step", 0) == 0 and out["calls"]["copies_skipped"] == 0
+        assert out["calls"].get("accumulate_", 0) == 0
     # the stand-ins really ran: a norm per step per part, a clip per step per part (folded into
     # the fused step: no scaling pass of its own), one copy per step per part
     assert out["calls"]["l2_norm_impl"] >= 3 * fast["parts"]
@@ -260,3 +280,27 @@ def test_driver_installs_the_stand_ins_under_the_knob(monkeypatch, capsys):
     finally:
         fast_optimizer.uninstall()
     assert optimizer_pkg.USING_PYTORCH_OPTIMIZER is True and clip_grads.l2_norm_impl is original_l2
+
+
+def test_grad_accumulate_kernel_is_torchs_add(monkeypatch):
+    """main_grad += grad through grad_accumulate's Triton kernel (Triton's CPU interpreter) gives
+    torch's own `add_` bit for bit: fp32 += bf16 / fp16 / fp32, sizes around the block."""
+    from benchlib.megatron import grad_accumulate
+
+    monkeypatch.setenv("BENCH_KERNELS_ON_CPU", "1")
+    torch.manual_seed(0)
+    for n in (1, 2047, 2048, 2049, 5000):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            acc = torch.randn(n)
+            grad = torch.randn(n).to(dtype)
+            expected = acc.clone().add_(grad)
+            assert grad_accumulate.kernel_applies(acc, grad)
+            grad_accumulate.accumulate_(acc, grad)
+            assert torch.equal(acc, expected), (n, dtype)
+    # what the kernel does not take goes to add_ (a strided view)
+    acc = torch.randn(8, 4)
+    grad = torch.randn(4, 8).t()
+    assert not grad_accumulate.kernel_applies(acc, grad)
+    expected = acc.clone().add_(grad)
+    grad_accumulate.accumulate_(acc, grad)
+    assert torch.equal(acc, expected)

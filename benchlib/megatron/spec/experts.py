@@ -80,11 +80,7 @@ class NativeGroupedLinear(MegatronModule):
         self._register_load_state_dict_pre_hook(_stack_load_pre_hook, with_module=True)
 
     def forward(self, x: torch.Tensor, m_splits: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, None]:
-        if isinstance(m_splits, torch.Tensor):
-            offs = torch.cumsum(m_splits.to(device=x.device), 0, dtype=torch.int32)
-        else:
-            offs = torch.tensor(_cumsum(m_splits), dtype=torch.int32, device=x.device)
-        return grouped_mm(x, self.weight.transpose(-2, -1), offs), None
+        return grouped_mm(x, self.weight.transpose(-2, -1), expert_offsets(m_splits, x.device)), None
 
     def backward_dw(self) -> None:  # no delayed weight-gradient path
         return None
@@ -118,6 +114,23 @@ class NativeGroupedLinear(MegatronModule):
             replace_prefix_for_sharding(sub, f"{i}.", expert_prefix)
             out[f"{prefix}weight{i}"] = sub[f"{i}.weight"]
         return out
+
+
+def expert_offsets(m_splits: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Cumulative token counts per expert, int32, on `device`, without stalling the GPU queue.
+
+    Megatron hands the experts host values (a list, or a CPU tensor). A plain host -> GPU copy
+    from pageable memory waits for the stream to drain (the CUDA runtime's rule for pageable
+    transfers), twice per MoE layer (fc1, fc2), after which the GPU idles until the host has
+    queued the next kernels; through pinned memory the copy is queued like a kernel."""
+    if isinstance(m_splits, torch.Tensor):
+        if m_splits.device == device:
+            return torch.cumsum(m_splits, 0, dtype=torch.int32)
+        m_splits = m_splits.tolist()  # already on the host: no GPU sync
+    host = torch.tensor(_cumsum(m_splits), dtype=torch.int32)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _cumsum(values: Sequence[int]) -> list[int]:
