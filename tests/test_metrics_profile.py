@@ -57,18 +57,41 @@ def test_busy_time_is_the_union_of_the_gpu_events_in_the_step(profile: dict) -> 
     gpu = [e for e in events if e["cat"] in ("kernel", "gpu_memcpy", "gpu_memset")]
     for got, raw in zip(profile["steps"], _steps(events)):
         t0, t1 = raw["ts"], raw["ts"] + raw["dur"]
-        # a plain reading: which microseconds (on a 1 us grid) does some GPU event cover?
-        covered = set()
-        for e in gpu:
-            start, end = max(e["ts"], t0), min(e["ts"] + e["dur"], t1)
-            covered.update(range(int(start - t0), int(end - t0) + 1) if end > start else ())
-        assert got["gpu_busy_ms"] == pytest.approx(len(covered) / 1000, rel=0.05)
+        # a plain reading: sweep the clipped events' edges, counting time where at least one runs
+        edges = sorted(edge for e in gpu if min(e["ts"] + e["dur"], t1) > max(e["ts"], t0)
+                       for edge in ((max(e["ts"], t0), 1), (min(e["ts"] + e["dur"], t1), -1)))
+        running, last, covered = 0, t0, 0.0
+        for at, change in edges:
+            covered += (at - last) if running else 0.0
+            running, last = running + change, at
+        assert got["gpu_busy_ms"] == pytest.approx(covered / 1000, abs=2e-3)
         # categories add the events' clipped durations: at least the union, at most with the streams' overlap
         clipped = sum(max(0.0, min(e["ts"] + e["dur"], t1) - max(e["ts"], t0)) for e in gpu) / 1000
         by_cat = got["gpu_ms_by_category"]
         assert sum(by_cat.values()) == pytest.approx(clipped, abs=0.02)
         assert got["gpu_busy_ms"] - 0.01 <= sum(by_cat.values()) <= got["gpu_busy_ms"] * 1.05
         assert set(by_cat) >= {"gemm", "attention", "triton", "elementwise", "memcpy", "memset"}
+
+
+def test_overlapping_streams_count_once_in_busy_time_and_a_step_clips_what_spills_over(tmp_path: Path) -> None:
+    def event(cat: str, name: str, ts: float, dur: float, **extra) -> dict:
+        return {"ph": "X", "cat": cat, "name": name, "pid": 0, "tid": extra.pop("tid", 7), "ts": ts, "dur": dur, **extra}
+
+    trace = tmp_path / "rank-0.json.gz"
+    trace.write_bytes(gzip.compress(json.dumps({"traceEvents": [
+        event("user_annotation", "ProfilerStep#3", 1000, 1000, tid=1),
+        event("kernel", "nvjet_sm90_gemm", 1100, 400),  # 1100-1500
+        event("kernel", "_rope_kernel", 1300, 400, tid=20),  # 1300-1700, another stream: overlaps 200
+        event("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 1900, 300),  # spills 200 past the step's end
+        event("cuda_runtime", "cudaStreamSynchronize", 1750, 150, tid=1),
+        event("cuda_runtime", "cudaLaunchKernel", 1100, 5, tid=1),
+    ]}).encode()))
+    (step,) = trace_profile(trace)["steps"]
+    assert step["step"] == 3 and step["wall_ms"] == 1.0
+    assert step["gpu_busy_ms"] == 0.7 and step["gpu_idle_ms"] == 0.3  # 1100-1700 and 1900-2000
+    assert step["gpu_ms_by_category"] == {"gemm": 0.4, "triton": 0.4, "memcpy": 0.1}
+    assert step["largest_idle_gaps"] == [{"ms": 0.2, "at_ms": 0.7}, {"ms": 0.1, "at_ms": 0.0}]
+    assert step["host_syncs"] == {"count": 1, "by_call": {"cudaStreamSynchronize": 1}, "cpu_wait_ms": 0.15}
 
 
 def test_top_kernels_name_the_fast_optimizers_adamw_kernel(profile: dict) -> None:
@@ -142,11 +165,13 @@ def test_a_profile_run_without_its_trace_warns_where_it_looked(tmp_path: Path) -
     assert "GPU per step" not in format_summary(result)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not_gzip", "not_a_trace"])
+@pytest.mark.parametrize("damage", ["truncated", "not_gzip", "not_a_trace", "malformed"])
 def test_an_unreadable_trace_is_a_warning_not_a_crash(tmp_path: Path, damage: str) -> None:
     whole = TRACE.read_bytes()
+    step = {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#6", "ts": 0, "dur": "x"}
     trace = {"truncated": whole[: len(whole) // 2], "not_gzip": b"{\"traceEvents\": []}",
-             "not_a_trace": gzip.compress(b"{\"traceEvents\": [{\"cat\": \"kernel\"}]}")}[damage]
+             "not_a_trace": gzip.compress(b"{\"traceEvents\": [{\"cat\": \"kernel\"}]}"),
+             "malformed": gzip.compress(json.dumps({"traceEvents": [step]}).encode())}[damage]
     run_dir = _run_dir(tmp_path, trace=trace)
     profile, warnings = profile_for(run_dir, profile_knob="torch")
     assert profile is None

@@ -28,7 +28,6 @@ GPU_EVENT_CATEGORIES = {"kernel": None, "gpu_memcpy": "memcpy", "gpu_memset": "m
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
 TOP_KERNELS = 15
 TOP_GAPS = 5
-KERNEL_NAME_CHARS = 160  # C++ template names run to thousands of characters
 
 # Kernel categories: first match wins, matched against the lower-cased kernel name.
 LIBRARY_CATEGORIES = [
@@ -127,7 +126,7 @@ def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: 
     if t1 > cursor:
         gaps.append((t1 - cursor, cursor - t0))
     by_category: dict[str, float] = {}
-    kernels: dict[str, list[float]] = {}  # name -> [us, calls, category]
+    kernels: dict[str, list[Any]] = {}  # name -> [us, calls, category]
     for s in spans:
         by_category[s.category] = by_category.get(s.category, 0.0) + (s.end - s.start)
         k = kernels.setdefault(s.name, [0.0, 0, s.category])
@@ -148,10 +147,6 @@ def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: 
         "kernels": {name: {"ms": v[0] / 1000.0, "calls": v[1], "category": v[2]} for name, v in kernels.items()},
         "host_syncs": {"count": len(in_step), "by_call": by_call, "cpu_wait_ms": _ms(sum(float(e.get("dur", 0.0)) for e in in_step))},
     }
-
-
-def _short(name: str) -> str:
-    return name if len(name) <= KERNEL_NAME_CHARS else name[:KERNEL_NAME_CHARS - 3] + "..."
 
 
 def _mean_over_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -178,7 +173,8 @@ def _mean_over_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "gpu_idle_ms": mean("gpu_idle_ms"),
         "gpu_busy_share": round(mean("gpu_busy_ms") / wall, 4) if wall else None,
         "gpu_ms_by_category": {c: round(ms, 3) for c, ms in sorted(categories.items(), key=lambda kv: -kv[1])},
-        "top_kernels": [{"name": _short(name), "category": cat, "ms": round(ms, 3), "calls": round(calls, 2)}
+        # whole names: kernels of one CUTLASS template differ only deep inside theirs
+        "top_kernels": [{"name": name, "category": cat, "ms": round(ms, 3), "calls": round(calls, 2)}
                         for name, (ms, calls, cat) in top],
         "largest_idle_gaps": gaps[:TOP_GAPS],
         "host_syncs": round(sum(s["host_syncs"]["count"] for s in steps) / n, 2),
@@ -196,7 +192,10 @@ def trace_profile(path: Path) -> dict[str, Any]:
         raise TraceError(f"no '{STEP_PREFIX}N' events (cat {STEP_CATEGORY!r}): not a torch.profiler trace of training steps")
     gpu_events = [e for e in events if e.get("cat") in GPU_EVENT_CATEGORIES and "ts" in e]
     syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e.get("name") in SYNC_CALLS and "ts" in e]
-    per_step = [step_profile(s, gpu_events, syncs) for s in steps]
+    try:
+        per_step = [step_profile(s, gpu_events, syncs) for s in steps]
+    except (KeyError, TypeError, ValueError) as err:  # an event without a number where the format has one
+        raise TraceError(f"malformed event ({type(err).__name__}: {err})") from None
     mean = _mean_over_steps(per_step)
     for s in per_step:  # per step: the figures; the kernel table is kept once, averaged
         del s["kernels"]
