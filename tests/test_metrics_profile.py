@@ -130,6 +130,8 @@ def test_kernel_categories(name: str, category: str) -> None:
 
 
 def _run_dir(tmp_path: Path, *, trace: bytes | None, profile_knob: str = "torch") -> Path:
+    # the log is another real Qwen3-proxy run's (the traced run's log is not kept): collect reads the
+    # log and the trace each on its own, and these tests are about the trace's way into result.json
     run_dir = tmp_path / "run"
     (run_dir / "logs").mkdir(parents=True)
     shutil.copy(LOG, run_dir / "logs" / "train.log")
