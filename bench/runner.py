@@ -191,6 +191,7 @@ def figures(run: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "theoretical_memory_mb": res.get("theoretical_memory_mb"),
         "losses": [p.get("lm_loss") for p in res.get("series") or []],
         "figures_from": "benchlib.metrics, the run directory's result.json",
+        **({"profile": res["profile"]} if res.get("profile") else {}),  # PROFILE=torch: where a step's GPU time goes
     }
 
 

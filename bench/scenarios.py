@@ -79,6 +79,12 @@ def _scenarios() -> dict[str, Scenario]:
                  "and mock data, a gentle learning rate (no loss spike); the record compares the loss curves",
                  QWEN, 1, {"MBS": "2", "GBS": "8", "TRAIN_ITERS": "50"},
                  extra_args=("--lr", "5e-5", "--min-lr", "5e-6", "--seed", "1234"), baseline="local"),
+        Scenario("qwen3-30b-a3b-proxy_profile_gbs4",
+                 "where a step's GPU time goes: Qwen3-30B-A3B proxy on 1 GPU at MBS 4, GBS 4, torch.profiler over "
+                 "steps 6-7 (PROFILE=torch); the record carries result.json's profile (GPU busy/idle per step, "
+                 "kernel time by category, top kernels, host syncs)",
+                 QWEN, 1, {"MBS": "4", "GBS": "4", "TRAIN_ITERS": "10", "PROFILE": "torch", "PROFILE_STEPS": "6:8",
+                           "CALIBRATE": "0"}),
         # --- training: 2 H200 -------------------------------------------------------------------
         Scenario("ep2_qwen3-30b-a3b-proxy_fastops_mbs4",
                  "Qwen3-30B-A3B proxy on 2 GPUs, EP=2, MBS 4 / GBS 64, native spec with the fast ops; local baseline",

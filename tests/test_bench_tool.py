@@ -79,6 +79,27 @@ def test_training_scenario_records_the_suites_figures_and_its_baseline(tmp_path:
     assert curve["iterations"] == min(len(rec["losses"]), len(rec["baseline"]["losses"])) > 0
 
 
+def test_a_profile_scenario_records_the_runs_profile(tmp_path: Path) -> None:
+    # the rank replays a real log and leaves a real trace where Megatron's profiler writes it
+    trace = "tests/fixtures/profile/qwen3-proxy-gbs4/torch_profile/rank-0.json.gz"
+    leave_trace = f'for d in "$OUTPUT_ROOT"/*/*/; do mkdir -p "$d/torch_profile" && cp {trace} "$d/torch_profile/"; done'
+    scenario = replaying(SCENARIOS["qwen3-30b-a3b-proxy_profile_gbs4"], f"bash -c 'cat {MAIN_LOG}; {leave_trace}'")
+    path = run_training(scenario, {}, [], environ=machine_env(tmp_path), timeout_s=300, results_dir=tmp_path / "results")
+
+    rec = json.loads(path.read_text())
+    assert path.name == "h200x1_qwen3-30b-a3b-proxy_profile_gbs4.json"
+    assert rec["knobs"]["PROFILE"] == "torch" and rec["knobs"]["PROFILE_STEPS"] == "6:8"
+    result = json.loads((Path(rec["run_dir"]) / "result.json").read_text())
+    assert rec["profile"] == result["profile"] and [s["step"] for s in rec["profile"]["ranks"]["0"]["steps"]] == [6, 7]
+    # without a trace the record has no profile, and the run's result says why
+    bare = replaying(SCENARIOS["qwen3-30b-a3b-proxy_profile_gbs4"], f"cat {MAIN_LOG}")
+    path = run_training(bare, {}, [], environ=machine_env(tmp_path / "bare"), timeout_s=300, results_dir=tmp_path / "bare")
+    rec = json.loads(path.read_text())
+    assert "profile" not in rec
+    warnings = json.loads((Path(rec["run_dir"]) / "result.json").read_text())["warnings"]
+    assert any("PROFILE=torch but no trace" in w for w in warnings)
+
+
 def test_a_run_that_fails_writes_no_record(tmp_path: Path) -> None:
     scenario = replaying(SCENARIOS["deepseek-v2-lite-proxy_fastops_mbs2"], f"bash -c 'cat {FAILED_LOG}; exit 1'")
     results = tmp_path / "results"

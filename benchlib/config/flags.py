@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from benchlib.config.cluster import ClusterConfig
 from benchlib.core.errors import BenchError
+from benchlib.core.rundir import PROFILE_TENSORBOARD_DIR
 from benchlib.config.knobs import Knobs
 
 FlagList = list[tuple[str, Any]]  # ordered (flag, value); value True = bare flag
@@ -140,7 +141,7 @@ def _training_flags(k: Knobs, run_dir: str) -> FlagList:
             raise BenchError(f"PROFILE_STEPS={k.PROFILE_STEPS!r} is not START:END", hint="e.g. PROFILE_STEPS=10:12")
         out += [("--profile", True), ("--profile-step-start", int(start)), ("--profile-step-end", int(end)), ("--profile-ranks", ["0"])]
         if k.PROFILE == "torch":
-            out += [("--use-pytorch-profiler", True), ("--tensorboard-dir", f"{run_dir}/profile")]
+            out += [("--use-pytorch-profiler", True), ("--tensorboard-dir", f"{run_dir}/{PROFILE_TENSORBOARD_DIR}")]
     # WANDB=1 adds no Megatron flag: Megatron's own writer logs almost nothing without TensorBoard and
     # would make a second run. The job script's follower writes the one run (benchlib.metrics.wandb_follow).
     return out

@@ -113,8 +113,14 @@ class Knobs:
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)
     # --- job -----------------------------------------------------------------------
     RUN_TIME: str = knob("Slurm time limit, HH:MM:SS or D-HH:MM:SS (above zero, within the partition's limit).", "00:30:00")
-    PROFILE: str = knob("Profiling.", "0", ("0", "nsys", "torch"))
-    PROFILE_STEPS: str = knob("Profiled iterations as START:END.", "10:12")
+    PROFILE: str = knob(
+        "Profile rank 0 over PROFILE_STEPS. torch: torch.profiler writes a Chrome trace to "
+        "`<run_dir>/torch_profile/rank-0.json.gz` and `result.json` gets `profile` (per step: GPU busy/idle, "
+        "the largest idle gaps, kernel time by category, top kernels, host syncs), printed in the summary. "
+        "nsys: only Megatron's cudaProfilerStart/Stop around the steps (run under `nsys profile "
+        "--capture-range=cudaProfilerApi`).",
+        "0", ("0", "nsys", "torch"))
+    PROFILE_STEPS: str = knob("Profiled iterations as START:END (END not included).", "10:12")
     COMMENT: str = knob("Free text appended to the job and WandB run names.", "")
     SINGLETON: bool = knob("Add --dependency=singleton: one job of this name at a time.", False)
     ENTRY: str = knob(

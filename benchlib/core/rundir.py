@@ -27,6 +27,8 @@ WANDB_RUN_FILE = "wandb_run.json"  # the run's WandB run (id, project, mode, wha
 WANDB_STOP_FILE = "wandb_stop"  # written by the job script when training ended (its exit status): the follower finishes
 WANDB_LOG = "wandb.log"  # under LOGS_DIR: the WandB follower's own output (never mixed into TRAIN_LOG)
 ENDING_FILE = "ended.json"  # how the launcher / Slurm says the run ended (metrics.status.Ending)
+PROFILE_TENSORBOARD_DIR = "profile"  # PROFILE=torch: Megatron's --tensorboard-dir
+TORCH_PROFILE_DIR = "torch_profile"  # PROFILE=torch: Megatron writes rank-<N>.json.gz here (beside --tensorboard-dir)
 
 
 def atomic_write(path: Path, text: str, *, mode: int | None = None, check_secrets: bool = True) -> None:

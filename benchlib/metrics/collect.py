@@ -66,8 +66,10 @@ def result_for(arg: str, *, gpu: str | None = None, world_size: int | None = Non
 
 
 def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int | None = None) -> None:
-    """What only a run directory has: the GPU calibration and the repeat logs (REPEATS>1)."""
+    """What only a run directory has: the GPU calibration, the repeat logs (REPEATS>1) and the
+    profiler traces (PROFILE=torch)."""
     from benchlib.metrics.calibration import calibration_for
+    from benchlib.metrics.profile import profile_for
     from benchlib.metrics.repeats import repeats_for, spread_warning
 
     manifest = run_dir / MANIFEST_FILE
@@ -84,6 +86,12 @@ def add_run_dir_parts(result, run_dir: Path, *, config: dict | None, skip: int |
     warning = spread_warning(result.repeats)
     if warning:
         result.warnings.append(warning)
+    try:  # the knobs say whether a trace is expected; a missing or unreadable resolved.json: read what is there
+        knobs = (run_dir_config(run_dir) or {}).get("knobs") or {}
+    except BenchError:
+        knobs = {}
+    result.profile, warnings = profile_for(run_dir, profile_knob=knobs.get("PROFILE"))
+    result.warnings.extend(warnings)
 
 
 def read_ending(run_dir: Path) -> Ending | None:

@@ -69,6 +69,7 @@ class RunResult:
     flops_by_component: dict[str, Any] | None = None  # share of model FLOPs per part (benchlib.metrics.flops)
     calibration: dict[str, Any] | None = None  # the GPU calibration before training (benchlib.metrics.calibration)
     repeats: dict[str, Any] | None = None  # REPEATS>1: across-run statistics (benchlib.metrics.repeats)
+    profile: dict[str, Any] | None = None  # PROFILE=torch: where a step's GPU time goes (benchlib.metrics.profile)
 
     def to_json(self) -> dict[str, Any]:
         return _json_safe(asdict(self))

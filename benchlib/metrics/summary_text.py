@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from benchlib.metrics.calibration import summary_line
+from benchlib.metrics.profile import summary_lines as profile_lines
 from benchlib.metrics.result import RunResult
 
 _COMPONENT_LABELS = {"attention": "attention", "routed_experts": "routed experts", "shared_experts": "shared experts",
@@ -71,6 +72,7 @@ def format_summary(result: RunResult) -> str:
         ("FLOPs by component", _components(result)),
         ("calibration", summary_line(result.calibration)),
         ("repeats", _repeats(result)),
+        *profile_lines(result.profile),
         ("status", f"{result.status}: {result.status_evidence}" + (f"  [{result.status_detail}]" if result.status_detail else "")),
     ]
     width = max(len(k) for k, _ in rows)
