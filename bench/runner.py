@@ -234,7 +234,8 @@ def loss_curve(native: list[float | None], baseline: list[float | None]) -> dict
         return None
     rel = [abs(a - b) / abs(b) for a, b in pairs]
     return {"iterations": len(pairs), "max_rel_diff_first_10": max(rel[:10]), "max_rel_diff_all": max(rel),
-            "mean_rel_diff": sum(rel) / len(rel)}
+            "mean_rel_diff": sum(rel) / len(rel), "last_rel_diff": rel[-1],
+            "last_losses": [pairs[-1][0], pairs[-1][1]]}
 
 
 def versions(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,20 +299,24 @@ def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: l
         if curve:
             record["loss_curve"] = curve
     if scenario.peer_gbs:
-        record["peer"] = run_peer(scenario, record, timeout_s)
+        record["peer"] = run_peer(scenario, record, timeout_s, keep_logs_in=main.run_dir)
     path = results_dir / f"{record['name']}.json"
     atomic_write_json(path, record)
     return path
 
 
-def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int) -> dict[str, Any]:
+def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int,
+             keep_logs_in: Path | None = None) -> dict[str, Any]:
     """torchtitan on the same shapes right after the suite's run (same machine, same sitting), and the
-    suite's tokens/s/GPU as a ratio of each of its variants (torchtitan counts FLOPs otherwise)."""
+    suite's tokens/s/GPU as a ratio of each of its variants (torchtitan counts FLOPs otherwise).
+    torchtitan's logs go to `<suite run dir>/peer/` (a temporary folder without one)."""
     from bench.peers import torchtitan
 
     steps = int(scenario.knobs.get("TRAIN_ITERS", "30"))
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
-        peer = torchtitan.run(Path(tmp), gbs=scenario.peer_gbs, steps=steps, timeout_s=min(timeout_s, 400))
+        out = Path(keep_logs_in) / "peer" if keep_logs_in is not None else Path(tmp)
+        layers = int((record.get("knobs") or {}).get("NUM_LAYERS") or torchtitan.HARNESS_LAYERS)  # as the suite ran
+        peer = torchtitan.run(out, gbs=scenario.peer_gbs, steps=steps, timeout_s=min(timeout_s, 400), layers=layers)
     suite = record.get("tokens_per_s_per_gpu")
     for name, variant in peer["variants"].items():
         theirs = variant.get("tokens_per_s_per_gpu")

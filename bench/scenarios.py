@@ -66,6 +66,11 @@ def _scenarios() -> dict[str, Scenario]:
                  "Qwen3-30B-A3B proxy on 1 GPU at MBS 4, GBS 32 (8 accumulation steps), beside torchtitan 0.2.2 "
                  "eager and compiled on the same shapes in the same sitting",
                  QWEN, 1, {"MBS": "4", "GBS": "32", "TRAIN_ITERS": "30"}, peer_gbs=32),
+        Scenario("qwen3-30b-a3b-proxy_8l_mbs8_vs_torchtitan_gbs32",
+                 "Qwen3-30B-A3B proxy with 8 layers at its best fitting MBS (8), GBS 32, beside torchtitan 0.2.2 "
+                 "eager and compiled with 8 layers (bench/peers/peer_flavors.py) at its harness's local batch 4, "
+                 "GBS 32, in the same sitting",
+                 QWEN, 1, {"NUM_LAYERS": "8", "MBS": "8", "GBS": "32", "TRAIN_ITERS": "20"}, peer_gbs=32),
         Scenario("qwen3-30b-a3b-proxy_8l_mbs8",
                  "Qwen3-30B-A3B proxy with 8 layers at MBS 8 (the fastest layout that fits one H200; the memory "
                  "check must accept it without MEM_CHECK=0)",
@@ -85,6 +90,13 @@ def _scenarios() -> dict[str, Scenario]:
                  "kernel time by category, top kernels, host syncs)",
                  QWEN, 1, {"MBS": "4", "GBS": "4", "TRAIN_ITERS": "10", "PROFILE": "torch", "PROFILE_STEPS": "6:8",
                            "CALIBRATE": "0"}),
+        Scenario("qwen3-30b-a3b-proxy_loss_curve_fast_vs_unfused",
+                 "correctness: 50 iterations of the native spec with its fast paths (FAST_OPS, FAST_OPTIMIZER: the "
+                 "Triton AdamW, fused grad accumulation) vs the same spec with neither, same seed and mock data, a "
+                 "gentle learning rate; the record compares the loss curves",
+                 QWEN, 1, {"MBS": "2", "GBS": "8", "TRAIN_ITERS": "50"},
+                 extra_args=("--lr", "5e-5", "--min-lr", "5e-6", "--seed", "1234"), baseline="native",
+                 baseline_knobs={"FAST_OPS": "0", "FAST_OPTIMIZER": "0", "CALIBRATE": "0"}),
         # --- training: 2 H200 -------------------------------------------------------------------
         Scenario("ep2_qwen3-30b-a3b-proxy_fastops_mbs4",
                  "Qwen3-30B-A3B proxy on 2 GPUs, EP=2, MBS 4 / GBS 64, native spec with the fast ops; local baseline",

@@ -105,3 +105,26 @@ def test_a_peer_scenario_records_the_suite_as_a_ratio_of_each_variant(tmp_path, 
     assert peer["suite_ratio_vs_compiled"] == pytest.approx(97_254 / 77_803)
     assert peer["suite_ratio_vs_eager"] == pytest.approx(97_254 / 60_062)
     assert peer["suite_last_loss"] == 9.5
+
+
+def test_run_with_other_layer_counts_uses_the_flavor_module(peer, tmp_path):
+    """NUM_LAYERS=8: torchtitan is told to import bench/peers/peer_flavors.py (on its PYTHONPATH) and
+    to build its 8-layer flavor; a count with no flavor is refused before anything runs."""
+    stand_in = tmp_path / "peerdir"
+    stand_in.mkdir()
+    (tmp_path / "B.txt").write_text(captured_log(True, {6: 50_000, 7: 50_000}))
+    (stand_in / "run_peer.sh").write_text(
+        "set -eu\n"
+        f"cp {tmp_path}/B.txt \"$OUT/peer_B.log\"\n"
+        "echo \"extra=$PEER_EXTRA\"\necho \"pythonpath=$PYTHONPATH\"\n"
+    )
+    out = peer.run(tmp_path / "out", gbs=32, steps=12, layers=8, peer_dir=stand_in)
+    said = (tmp_path / "out" / "run_peer.out").read_text()
+    assert "--experimental.custom_import peer_flavors --model.flavor peer_30b_a3b_8l" in said
+    assert f"pythonpath={ROOT / 'bench' / 'peers'}" in said
+    assert out["layers"] == 8 and out["variants"]["compiled"]["tokens_per_s_per_gpu"] == pytest.approx(50_000)
+    with pytest.raises(ValueError, match="no torchtitan flavor with 5 layers"):
+        peer.run(tmp_path / "out5", layers=5, peer_dir=stand_in)
+    # the module's list is the flavor module's list (it imports torchtitan, so it is read, not imported)
+    text = (ROOT / "bench" / "peers" / "peer_flavors.py").read_text()
+    assert f"LAYER_COUNTS = {peer.LAYER_COUNTS}" in text

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 PEER_DIR = Path(os.environ.get("PEER_DIR", Path(__file__).resolve().parents[3] / "shared" / "peers" / "torchtitan"))  # ../shared beside the checkout
+# the flavors peer_flavors.py registers (it imports torchtitan, so it is not imported here)
+LAYER_COUNTS = (1, 2, 8, 12, 16)
 FIRST_MEASURED_STEP = 6  # as run_peer.sh: steps before it include compilation and warm-up
 LOCAL_BATCH = 4  # tt022/peer.toml
 
@@ -71,15 +73,25 @@ def parse_log(text: str, first_step: int = FIRST_MEASURED_STEP) -> dict[str, Any
     }
 
 
-def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 300,
+HARNESS_LAYERS = 4  # the harness's own flavor, peer_30b_a3b_4l
+
+
+def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 300, layers: int = HARNESS_LAYERS,
         peer_dir: Path | None = None, python: str | None = None) -> dict[str, Any]:
-    """Run both torchtitan variants (eager, compiled) and parse their logs (peer_dir: PEER_DIR)."""
+    """Run both torchtitan variants (eager, compiled) and parse their logs (peer_dir: PEER_DIR).
+    `layers` other than the harness's 4 uses peer_flavors.py's flavor of that depth."""
     peer_dir = Path(peer_dir or PEER_DIR)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OUT=str(out), PEER_STEPS=str(steps), PEER_TIMEOUT=str(timeout_s))
     extra = env.get("PEER_EXTRA", "")
     if gbs is not None:
         extra = f"{extra} --training.global_batch_size {gbs}".strip()
+    if layers != HARNESS_LAYERS:
+        if layers not in LAYER_COUNTS:
+            raise ValueError(f"no torchtitan flavor with {layers} layers: bench/peers/peer_flavors.py has "
+                             f"{(HARNESS_LAYERS, *LAYER_COUNTS)}; add the count to its LAYER_COUNTS")
+        extra = f"{extra} --experimental.custom_import peer_flavors --model.flavor peer_30b_a3b_{layers}l".strip()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), env.get("PYTHONPATH")) if p)
     env["PEER_EXTRA"] = extra
     if python:
         env["PY"] = python
@@ -87,7 +99,8 @@ def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 
                           timeout=2 * timeout_s + 600)
     (out / "run_peer.out").write_text(proc.stdout + proc.stderr)
     result: dict[str, Any] = {"peer": "torchtitan", "returncode": proc.returncode, "extra_args": extra,
-                              "global_batch": gbs or LOCAL_BATCH, "local_batch": LOCAL_BATCH, "variants": {}}
+                              "global_batch": gbs or LOCAL_BATCH, "local_batch": LOCAL_BATCH, "layers": layers,
+                              "variants": {}}
     for variant, log_name in (("eager", "peer_A.log"), ("compiled", "peer_B.log")):
         log = out / log_name
         if not log.exists():
@@ -107,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--gbs", type=int, default=None, help="global batch (local batch is 4)")
     r.add_argument("--steps", type=int, default=30)
+    r.add_argument("--layers", type=int, default=HARNESS_LAYERS, help="transformer layers (the harness has 4)")
     r.add_argument("--timeout", type=int, default=300, help="seconds per variant")
     p = sub.add_parser("parse", help="parse one torchtitan log")
     p.add_argument("log", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        summary = run(args.out, gbs=args.gbs, steps=args.steps, timeout_s=args.timeout)
+        summary = run(args.out, gbs=args.gbs, steps=args.steps, timeout_s=args.timeout, layers=args.layers)
     else:
         summary = parse_log(args.log.read_text(errors="replace"))
         summary.pop("per_step")
