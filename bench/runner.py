@@ -312,10 +312,11 @@ def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int,
     torchtitan's logs go to `<suite run dir>/peer/` (a temporary folder without one)."""
     from bench.peers import torchtitan
 
-    steps = int(scenario.knobs.get("TRAIN_ITERS", "30"))
+    knobs = record.get("knobs") or {}
+    steps = int(knobs.get("TRAIN_ITERS") or scenario.knobs.get("TRAIN_ITERS", "30"))  # as many as the suite ran
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
         out = Path(keep_logs_in) / "peer" if keep_logs_in is not None else Path(tmp)
-        layers = int((record.get("knobs") or {}).get("NUM_LAYERS") or torchtitan.HARNESS_LAYERS)  # as the suite ran
+        layers = int(knobs.get("NUM_LAYERS") or torchtitan.HARNESS_LAYERS)
         peer = torchtitan.run(out, gbs=scenario.peer_gbs, steps=steps, timeout_s=min(timeout_s, 400), layers=layers)
     suite = record.get("tokens_per_s_per_gpu")
     for name, variant in peer["variants"].items():
