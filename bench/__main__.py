@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--timeout", type=int, default=900, help="seconds per launch (default 900)")
     run_p.add_argument("--name", help="record name; required with overrides, which make it another run than the scenario's")
     run_p.add_argument("--results", type=Path, default=RESULTS_DIR, help="where records go (default bench/results)")
+    run_p.add_argument("--peer-variants", default="eager,compiled",
+                       help="torchtitan variants a peer scenario runs, comma-separated (default eager,compiled)")
     sub.add_parser("records", help="check that every record names a scenario or says why it is historical")
     sub.add_parser("table", help="print the README's table of figures from the records")
     # knobs may come before or after the options: argparse leaves the later ones over
@@ -84,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] wrote {path}; the check FAILED (see its result)", file=sys.stderr)
                 return 1
         else:
+            variants = tuple(v.strip() for v in args.peer_variants.split(",") if v.strip())
+            known = ("eager", "compiled")
+            if not variants or any(v not in known for v in variants):
+                raise BenchError(f"--peer-variants {args.peer_variants!r}: choose from {', '.join(known)}",
+                                 hint="e.g. --peer-variants compiled")
             path = run_training(scenario, overrides, extra, environ=os.environ, timeout_s=args.timeout,
-                                name=args.name, results_dir=args.results)
+                                name=args.name, results_dir=args.results, peer_variants=variants)
         print(f"[bench] wrote {path}")
         return 0
     except BenchError as err:

@@ -265,7 +265,7 @@ def _nvidia_smi(field_name: str) -> str | None:
 
 def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: list[str], *,
                  environ: Mapping[str, str], timeout_s: int, name: str | None = None,
-                 results_dir: Path = RESULTS_DIR) -> Path:
+                 results_dir: Path = RESULTS_DIR, peer_variants: tuple[str, ...] = ("eager", "compiled")) -> Path:
     """Run a training scenario (and its same-call baseline) and write its record; returns the path."""
     main = launch_entry(scenario.model, scenario.gpus, training_knobs(scenario, overrides, baseline=False),
                         [*scenario.extra_args, *extra_args], environ, timeout_s)
@@ -299,14 +299,14 @@ def run_training(scenario: Scenario, overrides: Mapping[str, str], extra_args: l
         if curve:
             record["loss_curve"] = curve
     if scenario.peer_gbs:
-        record["peer"] = run_peer(scenario, record, timeout_s, keep_logs_in=main.run_dir)
+        record["peer"] = run_peer(scenario, record, timeout_s, keep_logs_in=main.run_dir, variants=peer_variants)
     path = results_dir / f"{record['name']}.json"
     atomic_write_json(path, record)
     return path
 
 
 def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int,
-             keep_logs_in: Path | None = None) -> dict[str, Any]:
+             keep_logs_in: Path | None = None, variants: tuple[str, ...] = ("eager", "compiled")) -> dict[str, Any]:
     """torchtitan on the same shapes right after the suite's run (same machine, same sitting), and the
     suite's tokens/s/GPU as a ratio of each of its variants (torchtitan counts FLOPs otherwise).
     torchtitan's logs go to `<suite run dir>/peer/` (a temporary folder without one)."""
@@ -317,7 +317,8 @@ def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int,
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp:
         out = Path(keep_logs_in) / "peer" if keep_logs_in is not None else Path(tmp)
         layers = int(knobs.get("NUM_LAYERS") or torchtitan.HARNESS_LAYERS)
-        peer = torchtitan.run(out, gbs=scenario.peer_gbs, steps=steps, timeout_s=min(timeout_s, 400), layers=layers)
+        peer = torchtitan.run(out, gbs=scenario.peer_gbs, steps=steps, timeout_s=min(timeout_s, 400), layers=layers,
+                              variants=variants)
     suite = record.get("tokens_per_s_per_gpu")
     for name, variant in peer["variants"].items():
         theirs = variant.get("tokens_per_s_per_gpu")

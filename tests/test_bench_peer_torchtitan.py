@@ -128,3 +128,34 @@ def test_run_with_other_layer_counts_uses_the_flavor_module(peer, tmp_path):
     # the module's list is the flavor module's list (it imports torchtitan, so it is read, not imported)
     text = (ROOT / "bench" / "peers" / "peer_flavors.py").read_text()
     assert f"LAYER_COUNTS = {peer.LAYER_COUNTS}" in text
+
+
+def test_one_variant_runs_as_run_peer_sh_runs_it(peer, tmp_path):
+    """variants=('compiled',): no run_peer.sh; the harness's wheels installed into the output folder,
+    its module and the datasets shim on PYTHONPATH, torchtitan.train with peer.toml and the compile
+    flags, the log where run_peer.sh puts it. `python` here is a stand-in that records its arguments."""
+    peer_dir = tmp_path / "harness"
+    (peer_dir / "whl").mkdir(parents=True)
+    (peer_dir / "whl" / "torchtitan-0.2.2-py3-none-any.whl").write_text("")
+    (tmp_path / "B.txt").write_text(captured_log(True, {6: 77_000, 7: 77_000}))
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        f"echo \"$@ | PYTHONPATH=$PYTHONPATH\" >> {tmp_path}/calls\n"
+        "case \"$*\" in *'import datasets'*) exit 1;; *torch.distributed.run*) "
+        f"cat {tmp_path}/B.txt;; esac\n"
+    )
+    fake.chmod(0o755)
+    out = peer.run(tmp_path / "out", gbs=32, steps=12, variants=("compiled",), peer_dir=peer_dir, python=str(fake))
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert "-m pip install" in calls[0] and str(peer_dir / "whl" / "torchtitan-0.2.2-py3-none-any.whl") in calls[0]
+    train = next(c for c in calls if "torch.distributed.run" in c)
+    assert f"--job.config_file {peer_dir / 'tt022' / 'peer.toml'}" in train
+    assert "--training.steps 12" in train and "--compile.enable --compile.components model,loss" in train
+    assert "--training.global_batch_size 32" in train
+    assert str(peer_dir / "shim") in train.split("PYTHONPATH=")[1]  # datasets is missing: the import shim
+    assert list(out["variants"]) == ["compiled"] and out["returncode"] == 0
+    assert out["variants"]["compiled"]["tokens_per_s_per_gpu"] == pytest.approx(77_000)
+    assert not (tmp_path / "out" / "peer_A.log").exists()
+    with pytest.raises(ValueError, match="choose from"):
+        peer.run(tmp_path / "o2", variants=("fast",), peer_dir=peer_dir)

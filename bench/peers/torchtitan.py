@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -76,10 +77,18 @@ def parse_log(text: str, first_step: int = FIRST_MEASURED_STEP) -> dict[str, Any
 HARNESS_LAYERS = 4  # the harness's own flavor, peer_30b_a3b_4l
 
 
+VARIANTS = {"eager": ("A", ()), "compiled": ("B", ("--compile.enable", "--compile.components", "model,loss"))}
+
+
 def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 300, layers: int = HARNESS_LAYERS,
-        peer_dir: Path | None = None, python: str | None = None) -> dict[str, Any]:
-    """Run both torchtitan variants (eager, compiled) and parse their logs (peer_dir: PEER_DIR).
+        variants: tuple[str, ...] = ("eager", "compiled"), peer_dir: Path | None = None,
+        python: str | None = None) -> dict[str, Any]:
+    """Run torchtitan's variants (eager, compiled) and parse their logs (peer_dir: PEER_DIR): both
+    through the harness's run_peer.sh, one of them the way run_peer.sh runs it (_run_one).
     `layers` other than the harness's 4 uses peer_flavors.py's flavor of that depth."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"peer variants {list(variants)}: choose from {list(VARIANTS)}")
     peer_dir = Path(peer_dir or PEER_DIR)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OUT=str(out), PEER_STEPS=str(steps), PEER_TIMEOUT=str(timeout_s))
@@ -95,13 +104,18 @@ def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 
     env["PEER_EXTRA"] = extra
     if python:
         env["PY"] = python
-    proc = subprocess.run(["bash", str(peer_dir / "run_peer.sh")], env=env, capture_output=True, text=True,
-                          timeout=2 * timeout_s + 600)
-    (out / "run_peer.out").write_text(proc.stdout + proc.stderr)
-    result: dict[str, Any] = {"peer": "torchtitan", "returncode": proc.returncode, "extra_args": extra,
+    if set(variants) == set(VARIANTS):
+        proc = subprocess.run(["bash", str(peer_dir / "run_peer.sh")], env=env, capture_output=True, text=True,
+                              timeout=2 * timeout_s + 600)
+        (out / "run_peer.out").write_text(proc.stdout + proc.stderr)
+        returncode = proc.returncode
+    else:
+        returncode = max(_run_one(v, out, env, peer_dir, steps, timeout_s) for v in variants)
+    result: dict[str, Any] = {"peer": "torchtitan", "returncode": returncode, "extra_args": extra,
                               "global_batch": gbs or LOCAL_BATCH, "local_batch": LOCAL_BATCH, "layers": layers,
                               "variants": {}}
-    for variant, log_name in (("eager", "peer_A.log"), ("compiled", "peer_B.log")):
+    for variant in variants:
+        log_name = f"peer_{VARIANTS[variant][0]}.log"
         log = out / log_name
         if not log.exists():
             result["variants"][variant] = {"error": f"{log} was not written (see {out / 'run_peer.out'})"}
@@ -113,6 +127,48 @@ def run(out: Path, *, gbs: int | None = None, steps: int = 30, timeout_s: int = 
     return result
 
 
+def _run_one(variant: str, out: Path, env: dict[str, str], peer_dir: Path, steps: int, timeout_s: int) -> int:
+    """One variant as run_peer.sh runs it: the harness's wheels installed into a private folder,
+    its module (and the `datasets` import shim where `datasets` is missing) on PYTHONPATH, one
+    rank of torchtitan.train with the harness's peer.toml, the log in $OUT/peer_<A|B>.log."""
+    letter, variant_args = VARIANTS[variant]
+    python = env.get("PY") or ("/opt/torch/.venv/bin/python3" if Path("/opt/torch/.venv/bin/python3").exists()
+                               else sys.executable)
+    site = out / "peersite"
+    said = out / "run_peer.out"
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", str(site),
+                              *map(str, sorted((peer_dir / "whl").glob("*.whl")))], capture_output=True, text=True)
+    with said.open("a") as log:
+        log.write(install.stdout + install.stderr)
+    if install.returncode:
+        return install.returncode
+    paths = [str(site), str(peer_dir / "tt022")]
+    has_datasets = subprocess.run([python, "-c", "import datasets"], env={**env, "PYTHONPATH": os.pathsep.join(paths)},
+                                  capture_output=True).returncode == 0
+    if not has_datasets:
+        paths.append(str(peer_dir / "shim"))
+    run_env = {**env, "PYTHONPATH": os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]),
+               "PYTORCH_ALLOC_CONF": "expandable_segments:True", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+               "TORCHINDUCTOR_CACHE_DIR": env.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/peer_inductor_cache")}
+    command = [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--local-ranks-filter", "0",
+               "--role", "rank", "--tee", "3", "-m", "torchtitan.train", "--job.config_file",
+               str(peer_dir / "tt022" / "peer.toml"), "--training.steps", str(steps), "--job.dump_folder",
+               f"/tmp/peer_outputs_{letter}", *variant_args, *env.get("PEER_EXTRA", "").split()]
+    with (out / f"peer_{letter}.log").open("w") as log:
+        proc = subprocess.Popen(command, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:  # as run_peer.sh's `timeout -k 10`: the whole group, workers included
+            for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=grace)
+                    break
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    continue
+            return 124
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -121,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--gbs", type=int, default=None, help="global batch (local batch is 4)")
     r.add_argument("--steps", type=int, default=30)
     r.add_argument("--layers", type=int, default=HARNESS_LAYERS, help="transformer layers (the harness has 4)")
+    r.add_argument("--variants", default="eager,compiled", help="comma-separated: eager, compiled")
     r.add_argument("--timeout", type=int, default=300, help="seconds per variant")
     p = sub.add_parser("parse", help="parse one torchtitan log")
     p.add_argument("log", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        summary = run(args.out, gbs=args.gbs, steps=args.steps, timeout_s=args.timeout, layers=args.layers)
+        summary = run(args.out, gbs=args.gbs, steps=args.steps, timeout_s=args.timeout, layers=args.layers,
+                      variants=tuple(args.variants.split(",")))
     else:
         summary = parse_log(args.log.read_text(errors="replace"))
         summary.pop("per_step")
