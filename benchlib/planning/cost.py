@@ -5,6 +5,7 @@ Per iteration, one pipeline's view (all DP replicas run in parallel):
     per_mb = slowest pipeline rank's work for one micro-batch:
              GEMMs (FP8 peak only for the GEMMs that run in FP8) + attention core
            + non-GEMM work (router, permutation, norms, element-wise; memory-bound)
+           + host-bound forward: GPU idle while the host issues a layer (less what CUDA graphs capture)
            + exposed TP, CP, PP communication
            + exposed EP all-to-all (dispatcher-aware; hidden by A2A_OVERLAP up to its limit)
     step   = per_mb * (M + (PP - 1) / VPP) + exposed DP gradient/parameter sync
@@ -76,7 +77,8 @@ A2A_PER_LAYER = 4
 # and cool-down micro-batches, the SMs the communication kernels take from the GEMMs). Fitted to
 # the one published same-layout pair with and without it: Qwen3-235B-A22B on 256 H100, DeepEP,
 # TP2 PP8 VPP4 EP32, 19.7 s -> 17.6 s (Megatron-MoE-ModelZoo best_practice/qwen3/readme.md,
-# commit e8650517): 2.1 s saved of the model's ~5.7 s all-to-all = 37% hidden.
+# commit e8650517): 2.1 s saved of the model's ~5.7 s all-to-all = 37% hidden. That fit predates the
+# host-bound forward below, which the overlap also hides (1.5 s more on that pair; docs/planning.md).
 A2A_OVERLAP_RESIDUAL = 0.63
 # With --overlap-grad-reduce / --overlap-param-gather most DP traffic hides behind compute;
 # the last bucket's reduce and the first forward's gather do not.
