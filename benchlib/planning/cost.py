@@ -102,8 +102,8 @@ CP_EXPOSED = 0.5
 # fused kernels from the same Python layer code: HOST_FORWARD_PER_LAYER_TE_S is that path's host
 # time per layer, not measured here (no TE trace). It is the one constant fitted to the published
 # Qwen3-235B-A22B H100 table (ModelZoo best_practice/qwen3/readme.md, commit e8650517): the MBS-1
-# layouts there are host-bound, the Megatron-FSDP layout at MBS 4 is not; 6.0-6.25 ms meets all
-# three targets of tests/test_planning_calibration.py (docs/planning.md).
+# layouts there are host-bound, the Megatron-FSDP layout at MBS 4 is not; the ranking needs at
+# least 6.0 ms, and all three targets of tests/test_planning_calibration.py hold up to 7.5 ms.
 HOST_FORWARD_PER_LAYER_S = 8.0e-3
 HOST_FORWARD_PER_LAYER_TE_S = 6.0e-3
 # Where that host time goes inside a layer (the Qwen3 proxy trace above, step 7, the main thread's
