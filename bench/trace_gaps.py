@@ -13,9 +13,9 @@ their `correlation`) and prints JSON for one profiled step (the last one by defa
 - `by_thread`: busy and idle GPU time split by the host thread that launched the kernel after
   each gap: the main thread issues the forward passes, autograd's engine thread the backward
   passes; everything launched after the optimizer's annotation is `optimizer_and_after`;
-- `forward`: every forward pass (main-thread kernels that a backward follows) cut at each device-to-host copy (the dispatcher's token-count
-  sync): per segment the kernels, GPU span and busy time, and the host's launch span (first to
-  last launch call; when the GPU idles in a segment, its span is the host's time to issue it);
+- `forward`: every forward pass (main-thread kernels that a backward follows) cut at each
+  device-to-host copy (the dispatcher's token-count sync): per segment the kernels, GPU span and
+  busy time, and the host's launch span (first to last launch call);
   `between_syncs` summarises the segments with a sync on both sides (one layer's worth of ops):
   their GPU span is the host's time to issue them wherever the GPU waited inside.
 

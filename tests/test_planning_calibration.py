@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchlib.config.flags import megatron_arg_dict
 from benchlib.config.resolve import resolve_run
 from benchlib.core.gpus import GPU_TABLE
-from benchlib.config.flags import megatron_arg_dict
 from benchlib.planning.cost import HOST_FORWARD_PER_LAYER_S, CostOptions, RunPrediction, predict_from_args, predict_run
 from benchlib.planning.memory import args_from_record
 

@@ -233,7 +233,8 @@ def _per_all_to_all_s(shape: ModelShape, lay: Layout, opts: CostOptions, tok_ran
     # NCCL all-to-all (allgather is costed the same): every routed copy travels on its own
     net_copies = copies * (group - gpus_in_domain) / group
     nvl_copies = copies * (gpus_in_domain - 1) / group
-    return tokens * token_bytes * (net_copies / (net * NCCL_A2A_EFFICIENCY) + nvl_copies / (nvlink * NCCL_A2A_EFFICIENCY))
+    return tokens * token_bytes * (net_copies / (net * NCCL_A2A_EFFICIENCY)
+                                   + nvl_copies / (nvlink * NCCL_A2A_EFFICIENCY))
 
 
 def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: GpuSpec, gpus_per_node: int,
