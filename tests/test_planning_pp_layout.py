@@ -175,3 +175,25 @@ def test_megatron_validates_published_layout_strings(knobs, clean_env):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "ok: Megatron-Core accepts" in proc.stdout
+
+
+@pytest.mark.megatron
+@pytest.mark.slow
+def test_kimi_k2_gb300_row_is_the_published_recipe_and_megatron_accepts_it(clean_env):
+    """[Kimi-K2:GB300] applies on a GB300 cluster (Megatron-Bridge's MXFP8 perf recipe: TP1 PP4 VP4
+    EP64, HybridEP, its layout string) and Megatron-Core's validate_args accepts it on this CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**clean_env, "MODEL": "Kimi-K2", "GPU_TYPE": "GB300", "GPUS_PER_NODE": "4"}
+    run = resolve_run([], {**env, "CLUSTER": "template"})
+    assert run.world_size == 256 and run.provenance["PP_LAYOUT"] == "runtime.conf [Kimi-K2:GB300]"
+    args = run.megatron_args
+    assert args[args.index("--pipeline-model-parallel-layout") + 1] == "Etttt|(tttt|)*14tL"
+    assert args[args.index("--fp8-recipe") + 1] == "mxfp8"
+    assert args[args.index("--moe-flex-dispatcher-backend") + 1] == "hybridep"
+    proc = subprocess.run([sys.executable, "-m", "benchlib", "validate", "CLUSTER=template"], env=env,
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "ok: Megatron-Core accepts Kimi-K2 on 256 x GB300" in proc.stdout

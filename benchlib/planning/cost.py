@@ -5,6 +5,7 @@ Per iteration, one pipeline's view (all DP replicas run in parallel):
     per_mb = slowest pipeline rank's work for one micro-batch:
              GEMMs (FP8 peak only for the GEMMs that run in FP8) + attention core
            + non-GEMM work (router, permutation, norms, element-wise; memory-bound)
+           + host-bound forward: GPU idle while the host issues a layer (less what CUDA graphs capture)
            + exposed TP, CP, PP communication
            + exposed EP all-to-all (dispatcher-aware; hidden by A2A_OVERLAP up to its limit)
     step   = per_mb * (M + (PP - 1) / VPP) + exposed DP gradient/parameter sync
@@ -76,15 +77,58 @@ A2A_PER_LAYER = 4
 # and cool-down micro-batches, the SMs the communication kernels take from the GEMMs). Fitted to
 # the one published same-layout pair with and without it: Qwen3-235B-A22B on 256 H100, DeepEP,
 # TP2 PP8 VPP4 EP32, 19.7 s -> 17.6 s (Megatron-MoE-ModelZoo best_practice/qwen3/readme.md,
-# commit e8650517): 2.1 s saved of the model's ~5.7 s all-to-all = 37% hidden.
+# commit e8650517): 2.1 s saved of the model's ~5.7 s all-to-all = 37% hidden. That fit predates the
+# host-bound forward below, which the overlap also hides (1.5 s more on that pair; docs/planning.md).
 A2A_OVERLAP_RESIDUAL = 0.63
 # With --overlap-grad-reduce / --overlap-param-gather most DP traffic hides behind compute;
 # the last bucket's reduce and the first forward's gather do not.
 DP_EXPOSED = 0.2
 # Context-parallel K/V ring exchange overlaps attention compute; half is counted.
 CP_EXPOSED = 0.5
-# --- CUDA graphs: read (cuda_graph_scopes) and reported, but no time is charged or saved for
-# them: no public pair of figures isolates their effect (docs/planning.md, "not modelled").
+# --- Host-bound forward. Megatron's MoE dispatchers copy the per-expert token counts to the host
+# once per MoE layer and forward pass (the alltoall dispatcher's split sizes; DeepEP/HybridEP's
+# receive counts): the GPU queue drains there, and until the next sync the GPU can only run what the
+# host has issued. When issuing a layer's forward takes the host longer than the GPU takes to run
+# it, the GPU waits for the difference; a larger micro-batch gives the GPU more work per launch.
+# Backward is issued by autograd's C++ engine and runs ahead of the GPU.
+# Measured in torch-profiler traces of steps 6 and 7 on one H200 (native spec, fast ops on,
+# 2026-12-01; bench/results/h200x1_host_gaps_profile.json, summarised by bench/trace_gaps.py):
+# between two MoE layers' syncs (one layer's worth of forward ops, 100-110 kernels) the GPU span,
+# which is the host's issue time where the GPU waits inside, has medians 7.3 / 9.2 ms (Qwen3-30B-A3B
+# proxy, MBS 4; GPU busy 6.0 ms of it) and 7.3 / 8.2 ms (DeepSeek-V2-Lite proxy, MBS 2; busy 3.5
+# ms): the DeepSeek forward passes leave the GPU idle 109-121 ms of a 686-701 ms step.
+# HOST_FORWARD_PER_LAYER_S is the middle of those four medians. It is this suite's torch-eager
+# (native and local spec) path on the GPU machine's host. Transformer Engine's modules issue fewer,
+# fused kernels from the same Python layer code: HOST_FORWARD_PER_LAYER_TE_S is that path's host
+# time per layer, not measured here (no TE trace). It is the one constant fitted to the published
+# Qwen3-235B-A22B H100 table (ModelZoo best_practice/qwen3/readme.md, commit e8650517): the MBS-1
+# layouts there are host-bound, the Megatron-FSDP layout at MBS 4 is not; the ranking needs at
+# least 6.0 ms, and all three targets of tests/test_planning_calibration.py hold up to 7.5 ms.
+HOST_FORWARD_PER_LAYER_S = 8.0e-3
+HOST_FORWARD_PER_LAYER_TE_S = 6.0e-3
+# Where that host time goes inside a layer (the Qwen3 proxy trace above, step 7, the main thread's
+# ops between its 2nd and 3rd sync, 9.85 ms): the attention block with its norms and residual add
+# 3.25 ms, the router with its top-k and aux loss 2.05 ms, the dispatcher's preprocessing (token
+# counts before the sync, sort and local permutation after it) 1.0 ms, the rest (all-to-all,
+# experts, unpermutation) 3.5 ms. A dense layer's MLP takes the MoE block's share.
+HOST_SHARE = {"attn": 0.33, "router": 0.21, "preprocess": 0.10, "experts": 0.36, "mlp": 0.67}
+# CUDA graphs (--cuda-graph-impl with --cuda-graph-modules, or the deprecated --cuda-graph-scope)
+# replay a captured scope with one launch: its parts' host time is removed. "layer" is a whole
+# layer (no scope given), "full_iteration" the whole step.
+CUDA_GRAPH_SCOPE_PARTS = {"attn": {"attn"}, "moe_router": {"router"}, "moe_preprocess": {"preprocess"},
+                          "moe": {"router", "preprocess", "experts"}, "mlp": {"mlp"},
+                          "layer": set(HOST_SHARE), "full_iteration": set(HOST_SHARE)}
+
+
+def host_forward_per_layer_s(args: Mapping[str, Any], opts: "CostOptions") -> dict[str, float]:
+    """Host seconds to issue one layer's forward of one micro-batch, by layer kind, after CUDA graphs."""
+    eager = "benchlib" in str(get(args, "spec", "") or "") or str(get(args, "transformer_impl", "")) == "local"
+    host = HOST_FORWARD_PER_LAYER_S if eager else HOST_FORWARD_PER_LAYER_TE_S
+    captured: set[str] = set()
+    for scope in opts.cuda_graph_scopes:
+        captured |= CUDA_GRAPH_SCOPE_PARTS.get(scope, set())
+    kinds = {"dense": ("attn", "mlp"), "moe": ("attn", "router", "preprocess", "experts")}
+    return {kind: host * sum(HOST_SHARE[p] for p in parts if p not in captured) for kind, parts in kinds.items()}
 
 
 @dataclass
@@ -109,8 +153,15 @@ class CostOptions:
         gran = str(get(args, "recompute_granularity", "") or "none")
         modules = tuple(as_list(args, "recompute_modules")) if gran == "selective" else ()
         scopes: tuple[str, ...] = ()
-        if get(args, "cuda_graph_impl", "none") not in ("none", None) or as_bool(args, "enable_cuda_graph"):
-            scopes = tuple(as_list(args, "cuda_graph_scope")) or ("attn", "mlp")
+        impl = str(get(args, "cuda_graph_impl", "none"))
+        if impl == "full_iteration":
+            scopes = ("full_iteration",)
+        elif impl != "none" or as_bool(args, "enable_cuda_graph"):
+            # Megatron-Core 0.19: --cuda-graph-modules (or the deprecated --cuda-graph-scope); none
+            # given, or "full", captures the whole layer
+            named = tuple(as_list(args, "cuda_graph_modules")) or tuple(as_list(args, "cuda_graph_scope"))
+            scopes = ("full_iteration",) if "full_iteration" in named else (
+                tuple(s for s in named if s != "full") or ("layer",))
         return CostOptions(
             precision=("mxfp8" if recipe == "mxfp8" else "fp8") if fp8 else "bf16",
             dispatcher=dispatcher, a2a_overlap=as_bool(args, "overlap_moe_expert_parallel_comm"),
@@ -162,6 +213,30 @@ def expected_remote_nodes(topk: int, nodes: int) -> float:
     return distinct * (nodes - 1) / nodes
 
 
+def _per_all_to_all_s(shape: ModelShape, lay: Layout, opts: CostOptions, tok_rank: float, nvlink: float,
+                      net: float, domain: int) -> float:
+    """Seconds of one EP all-to-all (dispatch or combine) of one micro-batch on one rank."""
+    if lay.ep <= 1 or not shape.num_experts:
+        return 0.0
+    group = lay.ep * lay.etp  # consecutive ranks (Megatron's expert grid: etp, ep, edp, pp)
+    gpus_in_domain = min(group, domain)
+    nodes = max(1, math.ceil(group / domain))
+    copies = shape.topk
+    token_bytes = 2 * shape.hidden
+    tokens = tok_rank / lay.tp  # each rank dispatches its sequence-parallel shard
+    if opts.dispatcher in ("deepep", "hybridep"):
+        # one copy per distinct remote node over the network, fanned out over NVLink there
+        net_copies = expected_remote_nodes(copies, nodes)
+        nvl_copies = copies * (gpus_in_domain - 1) / group + net_copies
+        eff = FLEX_EFFICIENCY
+        return tokens * token_bytes * max(net_copies / (net * eff), nvl_copies / (nvlink * eff))
+    # NCCL all-to-all (allgather is costed the same): every routed copy travels on its own
+    net_copies = copies * (group - gpus_in_domain) / group
+    nvl_copies = copies * (gpus_in_domain - 1) / group
+    return tokens * token_bytes * (net_copies / (net * NCCL_A2A_EFFICIENCY)
+                                   + nvl_copies / (nvlink * NCCL_A2A_EFFICIENCY))
+
+
 def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: GpuSpec, gpus_per_node: int,
                  opts: CostOptions) -> StepPrediction:
     """Seconds per iteration of `lay` with `opts`, split by cause."""
@@ -203,13 +278,29 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     nongemm_s = {kind: NONGEMM_PASSES * 2 * shape.hidden * (1 + (shape.topk if kind == "moe" else 0))
                  * tok_rank / lay.tp / hbm * recompute_ng for kind in ("dense", "moe")}
 
+    nvlink = gpu.nvlink_gbps * 1e9
+    net = gpu.network_gbps * 1e9
+    domain = gpu.nvlink_domain if gpu.nvlink_domain > gpu.gpus_per_node else gpus_per_node
+    per_a2a = _per_all_to_all_s(shape, lay, opts, tok_rank, nvlink, net, domain)
+
+    # host-bound forward: the GPU waits while the host issues a layer's forward ops (see HOST_*)
+    host_layer = host_forward_per_layer_s(args, opts)
+    # the GPU work the host's issuing races: a layer's forward share of its compute and a MoE
+    # layer's dispatch + combine; with A2A_OVERLAP one micro-batch's forward and another's backward
+    # of the layer are issued together, so all of it
+    passes = 1.0 if opts.a2a_overlap else (4.0 if full else 3.0)
+    a2a_fwd = (A2A_PER_LAYER + (2 if full or "moe" in mods else 0) if opts.a2a_overlap else 2) * per_a2a
+    fwd_gpu = {kind: (gemm_s[kind] + core_s[kind] + nongemm_s[kind]) / passes + (a2a_fwd if kind == "moe" else 0.0)
+               for kind in ("dense", "moe")}
+    host_gap = {kind: max(0.0, host_layer[kind] - fwd_gpu[kind]) for kind in ("dense", "moe")}
+
     stages = rank_stages(shape, lay, args)
     stage_s = []
     for st in stages:
         s = 0.0
         for i in st.layers:
             kind = "moe" if shape.is_moe(i) else "dense"
-            s += gemm_s[kind] + core_s[kind] + nongemm_s[kind]
+            s += gemm_s[kind] + core_s[kind] + nongemm_s[kind] + host_gap[kind]
         if st.loss:
             s += logits_s
         stage_s.append(s)
@@ -220,39 +311,17 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     n_all = len(layers_here)
     gemm_part = sum(gemm_s["moe" if shape.is_moe(i) else "dense"] + core_s["moe" if shape.is_moe(i) else "dense"]
                     for i in layers_here) + (logits_s if slowest.loss else 0.0)
-    nongemm_part = work_mb - gemm_part
+    host_part = sum(host_gap["moe" if shape.is_moe(i) else "dense"] for i in layers_here)
+    nongemm_part = work_mb - gemm_part - host_part
 
-    nvlink = gpu.nvlink_gbps * 1e9
-    net = gpu.network_gbps * 1e9
-    domain = gpu.nvlink_domain if gpu.nvlink_domain > gpu.gpus_per_node else gpus_per_node
     tp_s = 0.0
     if lay.tp > 1:
         msg = 2 * tok_rank * shape.hidden * (lay.tp - 1) / lay.tp
         colls = 4 * n_all + 4 * (n_all - n_moe) + (4 * n_moe if shape.shared_ffn else 0)
         tp_s = colls * msg / (nvlink * BUS_EFFICIENCY) * (1.5 if full else 1.0)
 
-    ep_s = 0.0
-    if lay.ep > 1 and n_moe:
-        group = lay.ep * lay.etp  # consecutive ranks (Megatron's expert grid: etp, ep, edp, pp)
-        gpus_in_domain = min(group, domain)
-        nodes = max(1, math.ceil(group / domain))
-        copies = shape.topk
-        token_bytes = 2 * shape.hidden
-        tokens = tok_rank / lay.tp  # each rank dispatches its sequence-parallel shard
-        if opts.dispatcher in ("deepep", "hybridep"):
-            # one copy per distinct remote node over the network, fanned out over NVLink there
-            net_copies = expected_remote_nodes(copies, nodes)
-            nvl_copies = copies * (gpus_in_domain - 1) / group + net_copies
-            eff = FLEX_EFFICIENCY
-            per_a2a = tokens * token_bytes * max(net_copies / (net * eff), nvl_copies / (nvlink * eff))
-        else:
-            # NCCL all-to-all (allgather is costed the same): every routed copy travels on its own
-            net_copies = copies * (group - gpus_in_domain) / group
-            nvl_copies = copies * (gpus_in_domain - 1) / group
-            per_a2a = tokens * token_bytes * (net_copies / (net * NCCL_A2A_EFFICIENCY)
-                                              + nvl_copies / (nvlink * NCCL_A2A_EFFICIENCY))
-        n_a2a = A2A_PER_LAYER + (2 if full or "moe" in mods else 0)
-        ep_s = n_a2a * n_moe * per_a2a
+    n_a2a = A2A_PER_LAYER + (2 if full or "moe" in mods else 0)
+    ep_s = n_a2a * n_moe * per_a2a
     ep_exposed = ep_s
     if opts.a2a_overlap and ep_s:
         hidden = min(ep_s, work_mb)
@@ -299,6 +368,7 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     parts = {
         "GEMM + attention": gemm_part * M,
         "non-GEMM (router, permute, element-wise)": nongemm_part * M,
+        "host-bound forward (GPU idle)": host_part * M,
         "pipeline bubble": per_mb * bubble,
         "TP comm": tp_s * M,
         "EP all-to-all": ep_exposed * M,
@@ -338,7 +408,7 @@ class RunPrediction:
             if secs > 0:
                 lines.append(f"  {name:<42}{secs:9.3f} s  {secs / self.step.step_s:6.1%}")
         if o.cuda_graph_scopes:
-            lines.append(f"  (CUDA graphs {' '.join(o.cuda_graph_scopes)}: not modelled, docs/planning.md)")
+            lines.append(f"  (CUDA graphs {' '.join(o.cuda_graph_scopes)}: their share of the host time removed)")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
