@@ -71,8 +71,10 @@ class Knobs:
         True,
     )
     FAST_OPTIMIZER: bool = knob(
-        "BACKEND=native or local (no TE/Apex): a fused AdamW step and multi-tensor grad-norm, clipping and "
-        "main-to-model copies in place of Megatron's per-tensor fallbacks; 0 = Megatron's own, to compare.",
+        "BACKEND=native or local (no TE/Apex): AdamW as one Triton kernel that also writes the bf16 params, "
+        "clipping folded into it, a multi-tensor grad norm, main_grad += grad as one vectorised kernel, and "
+        "Megatron's per-bucket NaN check without a host sync per bucket (benchlib/megatron/fast_optimizer.py); "
+        "0 = Megatron's own, to compare.",
         True,
     )
     COMPILE: bool = knob(
