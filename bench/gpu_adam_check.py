@@ -17,7 +17,6 @@ Bytes moved per parameter: 28 for AdamW with fp32 state, +6 for a separate copy,
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,26 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu_timing import timed  # noqa: E402
+
 from benchlib.megatron.fast_adam import TritonAdamW  # noqa: E402
 
 # Qwen3-30B-A3B proxy (4 layers): embedding and output layer (151936 x 2048), per layer the
 # experts' two grouped weights (128 x 1536 x 2048, 128 x 2048 x 768), attention and norms.
 PROXY_SHAPES = [151936 * 2048, 151936 * 2048, 2048] + 4 * [
     128 * 1536 * 2048, 128 * 2048 * 768, 2048 * 5120, 4096 * 2048, 128 * 2048, 2048, 2048, 128, 128]
-
-
-def timed(fn, reps: int = 10) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def correctness() -> dict:

@@ -24,6 +24,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu_timing import timed  # noqa: E402
+
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
@@ -127,18 +129,7 @@ def time_experts(results: dict) -> None:
 
         flops = 3 * 2 * T * H * 3 * F  # fwd+bwd of the three projections
         for label, fn in (("grouped", grouped), ("loop", loop)):
-            for _ in range(3):
-                fn()
-            torch.cuda.synchronize()
-            ts = []
-            for _ in range(10):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fn()
-                e.record()
-                torch.cuda.synchronize()
-                ts.append(s.elapsed_time(e))
-            ms = sorted(ts)[len(ts) // 2]
+            ms = timed(fn)
             results[f"experts_fwdbwd_mbs{mbs}_{label}_tflops"] = flops / ms / 1e9
             print(f"experts fwd+bwd MBS {mbs} {label}: {ms:.2f} ms, {flops / ms / 1e9:.0f} TFLOP/s (incl. act)", flush=True)
 
