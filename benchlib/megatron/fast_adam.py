@@ -1,21 +1,25 @@
 """AdamW as one multi-tensor Triton kernel that also writes the bf16 model parameters.
 
-torch's fused AdamW (what FAST_OPTIMIZER used first) moves 28 bytes per parameter (fp32 param,
+torch's fused AdamW (what FAST_OPTIMIZER used before) moves 28 bytes per parameter (fp32 param,
 grad, exp_avg and exp_avg_sq read; param, exp_avg and exp_avg_sq written) at about 2.8 TB/s on an
 H200, and Megatron's distributed optimizer then reads the fp32 main params again to write the
 bf16 parameter buffer (6 bytes per parameter more). Here one pass does both: 30 bytes per
 parameter, close to the HBM bandwidth.
 
 Layout: every tensor keeps its own storage (Megatron's optimizer state and checkpoints see
-torch's AdamW: the same class underneath, `state[p]` with `step`, `exp_avg`, `exp_avg_sq`).
-A launch gets tables of pointers (int64 data_ptr per tensor) and a chunk table (tensor index,
-start) built once per set of tensors and cached; each program updates CHUNK elements of one
-tensor. One launch per parameter group (its lr and weight decay), and per kind of output.
+torch's AdamW: the same class underneath, `state[p]` with `step` a CPU scalar, `exp_avg`,
+`exp_avg_sq`). A launch gets tables of pointers (int64 data_ptr per tensor) and a chunk table
+(tensor index, start) built once per set of tensors and cached; each program updates CHUNK
+elements of one tensor. One launch per parameter group (its lr and weight decay), step count and
+kind of output.
 
-Arithmetic (fp32) is torch's fused AdamW (aten/src/ATen/native/cuda/fused_adam_utils.cuh):
-grad / grad_scale; param -= lr*wd*param; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
-param -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). b^t is exp2(t*log2(b)) from the
-device step count (no host sync), which rounds differently from torch's pow by a few fp32 ulps.
+Arithmetic (fp32) is torch's foreach AdamW, Megatron's own optimizer without TE/Apex, operation
+by operation in its order (torch/optim/adam.py, _multi_tensor_adam): grad *= clip coefficient;
+param *= 1 - lr*wd; m += (1-b1)*(g - m) (lerp); v = v*b2 + (1-b2)*g*g; param += -lr/(1-b1^t) *
+m / (sqrt(v)/sqrt(1-b2^t) + eps), with correctly rounded sqrt and division and the scalars
+computed on the host in double as torch does. On the CPU (Triton's interpreter, the tests) the
+results equal torch's bit for bit; on a GPU the compiler may fuse a multiply-add, a difference
+of fp32 rounding.
 """
 from __future__ import annotations
 
