@@ -66,8 +66,8 @@ def step_summary(events: list[dict[str, Any]], step: int | None = None) -> dict[
     index = len(steps) - 1 if step is None else numbers.index(step)
     start = steps[index]["ts"]
     end = steps[index + 1]["ts"] if index + 1 < len(steps) else float("inf")
-    gpu = sorted((e for e in events if e.get("cat") in GPU_EVENT_CATEGORIES and e.get("ph") == "X" and start <= e["ts"] < end),
-                 key=lambda e: e["ts"])
+    gpu = sorted((e for e in events if e.get("cat") in GPU_EVENT_CATEGORIES and e.get("ph") == "X"
+                  and start <= e["ts"] < end), key=lambda e: e["ts"])
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
     optimizer = [e["ts"] for e in events if e.get("cat") == "user_annotation"

@@ -86,10 +86,12 @@ def read_trace_events(path: Path) -> list[dict[str, Any]]:
 
 def profiled_steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The CPU-side `ProfilerStep#N` annotations, in time order; TraceError when there is none."""
-    steps = sorted((e for e in events if e.get("cat") == STEP_CATEGORY and str(e.get("name", "")).startswith(STEP_PREFIX)
-                    and "ts" in e and "dur" in e), key=lambda e: float(e["ts"]))
+    steps = sorted((e for e in events if e.get("cat") == STEP_CATEGORY
+                    and str(e.get("name", "")).startswith(STEP_PREFIX) and "ts" in e and "dur" in e),
+                   key=lambda e: float(e["ts"]))
     if not steps:
-        raise TraceError(f"no '{STEP_PREFIX}N' events (cat {STEP_CATEGORY!r}): not a torch.profiler trace of training steps")
+        raise TraceError(f"no '{STEP_PREFIX}N' events (cat {STEP_CATEGORY!r}): "
+                         "not a torch.profiler trace of training steps")
     return steps
 
 
