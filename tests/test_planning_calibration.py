@@ -19,8 +19,9 @@ import yaml
 from benchlib.config.flags import megatron_arg_dict
 from benchlib.config.resolve import resolve_run
 from benchlib.core.gpus import GPU_TABLE
-from benchlib.planning.cost import HOST_FORWARD_PER_LAYER_S, CostOptions, RunPrediction, predict_from_args, predict_run
-from benchlib.planning.memory import args_from_record
+from benchlib.planning.cost import (HOST_FORWARD_PER_LAYER_S, STEP_HOST_IDLE_S, CostOptions, RunPrediction,
+                                    predict_from_args, predict_run)
+from benchlib.planning.memory import args_from_record, run_args
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = yaml.safe_load((REPO / "tests/fixtures/planning/published.yaml").read_text())["rows"]
@@ -33,12 +34,15 @@ TARGET_MEDIAN, TARGET_MAX_BF16 = 1.15, 1.4
 REACHED_CONCORDANT_PAIRS = 9  # of the 9 pairs with different published figures in one model and scale
 
 
-def _prediction(row: dict) -> RunPrediction:
+def _argv(row: dict) -> list[str]:
     gpn = GPU_TABLE[row["gpu"]].gpus_per_node
     argv = [f"MODEL={row['model']}", f"GPU_TYPE={row['gpu']}", f"GPUS_PER_NODE={gpn}", f"NNODES={row['gpus'] // gpn}",
             f"PR={row['precision']}", "PP_FIRST=0", "PP_LAST=0", "PP_LAYOUT=", "RECOMPUTE_MODULES=", "MEM_CHECK=0"]
-    argv += [f"{k}={v}" for k, v in row["knobs"].items()] + [str(a) for a in row["extra"]]
-    run = resolve_run(argv, {"CLUSTER": "template"})
+    return argv + [f"{k}={v}" for k, v in row["knobs"].items()] + [str(a) for a in row["extra"]]
+
+
+def _prediction(row: dict) -> RunPrediction:
+    run = resolve_run(_argv(row), {"CLUSTER": "template"})
     assert run.world_size == row["gpus"]
     return predict_run(run)
 
@@ -113,6 +117,8 @@ def test_fp8_prices_only_the_fp8_gemms():
 
 
 HOST_IDLE = "host-bound forward (GPU idle)"
+STEP_IDLE = "step's host epilogue (GPU idle)"
+OPTIMIZER = "optimizer + main-grad"
 GRAPHS = ["--cuda-graph-impl", "transformer_engine", "--cuda-graph-scope", "attn", "moe_router", "moe_preprocess"]
 
 
@@ -146,17 +152,69 @@ def test_cuda_graph_flags_are_read_as_megatron_does(flags, scopes):
     assert CostOptions.from_args(megatron_arg_dict(flags)).cuda_graph_scopes == scopes
 
 
-def test_host_bound_forward_matches_the_h200_traces():
-    """The host time per layer is the middle of what the H200 traces measured between two syncs, and
-    the DeepSeek-V2-Lite proxy's predicted GPU idle is near the idle its traced forward passes show."""
-    traces = json.loads((REPO / "bench/results/h200x1_host_gaps_profile.json").read_text())["traces"]
-    medians = [s["forward"]["between_syncs"]["gpu_span_ms_median"] for t in traces.values() for s in t["steps"]]
-    assert len(medians) == 4 and min(medians) <= HOST_FORWARD_PER_LAYER_S * 1e3 <= max(medians)
-    traced = [s["by_thread"]["main (forward)"]["idle_ms"] for s in traces["deepseek-v2-lite-proxy_mbs2_gbs16"]["steps"]]
-    record = json.loads((REPO / "bench/results/h200x1_deepseek-v2-lite-proxy_fastops_mbs2.json").read_text())
+FAST_TRACE = "bench/results/h200x1_host_gaps_profile_fast_optimizer.json"
+QWEN_GBS4 = "bench/results/h200x1_qwen3-30b-a3b-proxy_vs_torchtitan_gbs4.json"  # the traced configuration, same code
+
+
+def _record_prediction(path: str, **knobs) -> RunPrediction:
+    record = json.loads((REPO / path).read_text())
+    record["knobs"] = {**record.get("knobs", {}), **knobs}
     args, _backend = args_from_record(record)
-    predicted = predict_from_args(args, "H200").step.parts[HOST_IDLE] * 1e3
-    assert 0.8 * min(traced) <= predicted <= 1.25 * max(traced), (predicted, traced)
+    return predict_from_args(args, "H200", record.get("gpus_per_node"))
+
+
+def test_host_terms_match_the_h200_trace_of_the_suite_now():
+    """The host time per layer is the middle of what the trace of the suite now measured between two
+    syncs; the step's idle after the backward is what it measured there; and for the traced
+    configuration the GPU idle the model predicts is near the idle the trace shows."""
+    steps = json.loads((REPO / FAST_TRACE).read_text())["traces"]["qwen3-30b-a3b-proxy_mbs4_gbs4"]["steps"]
+    medians = [s["forward"]["between_syncs"]["gpu_span_ms_median"] for s in steps]
+    assert len(medians) == 2 and min(medians) <= HOST_FORWARD_PER_LAYER_S * 1e3 <= max(medians)
+    after_backward = [s["by_phase"]["after_backward"]["idle_ms"] + s["by_phase"]["optimizer_and_after"]["idle_ms"]
+                      for s in steps]
+    assert min(after_backward) <= STEP_HOST_IDLE_S * 1e3 <= max(after_backward)
+    parts = _record_prediction(QWEN_GBS4).step.parts
+    predicted = (parts[HOST_IDLE] + parts[STEP_IDLE]) * 1e3
+    traced = [s["idle_ms"] for s in steps]
+    assert 0.7 * min(traced) <= predicted <= max(traced), (predicted, traced)
+
+
+def test_fast_optimizer_terms_match_the_traced_kernels():
+    """FAST_OPTIMIZER=1 (the record's knob): the optimizer + main-grad part of the traced configuration
+    is the trace's Adam kernel, grad norm, NaN-check norms, grad-buffer zeroing and one micro-batch's
+    accumulate kernel. Megatron's own path (FAST_OPTIMIZER=0) costs more; a TE run takes Megatron's
+    optimizer whatever the knob says."""
+    trace = json.loads((REPO / FAST_TRACE).read_text())["traces"]["qwen3-30b-a3b-proxy_mbs4_gbs4"]
+    traced_ms = (trace["optimizer_kernels_ms_per_step"]["total_ms"]
+                 + trace["main_grad_accumulate_ms_per_microbatch"]["ms"])
+    fast = _record_prediction(QWEN_GBS4)
+    assert fast.options.fast_optimizer
+    assert fast.step.parts[OPTIMIZER] * 1e3 == pytest.approx(traced_ms, rel=0.01)
+    megatron = _record_prediction(QWEN_GBS4, FAST_OPTIMIZER=False)
+    assert not megatron.options.fast_optimizer
+    assert megatron.step.parts[OPTIMIZER] > 1.8 * fast.step.parts[OPTIMIZER]
+    row = next(r for r in TABLE if r["id"] == "qwen3-235b-h100-ep32-deepep")
+    run = resolve_run(_argv(row), {"CLUSTER": "template"})
+    te = run_args(run)
+    with_knob = predict_from_args({**te, "FAST_OPTIMIZER": True}, row["gpu"])
+    assert not with_knob.options.fast_optimizer
+    assert with_knob.step.step_s == predict_from_args({**te, "FAST_OPTIMIZER": False}, row["gpu"]).step.step_s
+
+
+def test_records_carry_the_fast_optimizer_knob_into_the_model():
+    """A record's resolved knobs say whether FAST_OPTIMIZER ran; a record made before the knob existed
+    ran Megatron's optimizer; a native run's arguments without it (a log) get the suite's default; a
+    Transformer Engine run never has it."""
+    record = json.loads((REPO / QWEN_GBS4).read_text())
+    assert record["knobs"]["FAST_OPTIMIZER"] is True
+    assert CostOptions.from_args(args_from_record(record)[0]).fast_optimizer
+    record["knobs"]["FAST_OPTIMIZER"] = False
+    assert not CostOptions.from_args(args_from_record(record)[0]).fast_optimizer
+    del record["knobs"]
+    assert not CostOptions.from_args(args_from_record(record)[0]).fast_optimizer
+    native = {"spec": ["benchlib.megatron.spec", "native_spec"]}  # a native run's arguments without the knob
+    assert CostOptions.from_args(native).fast_optimizer
+    assert not CostOptions.from_args({}).fast_optimizer  # Megatron's default layers: Transformer Engine
 
 
 RECORDS = sorted(p for p in (REPO / "bench/results").glob("h200x*.json")

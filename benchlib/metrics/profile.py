@@ -67,16 +67,42 @@ def kernel_category(name: str) -> str:
 
 
 def read_trace_events(path: Path) -> list[dict[str, Any]]:
-    """The trace's events; TraceError for a file that is not a whole gzip'd Chrome trace."""
+    """The trace's events (`.json.gz` as the profiler writes it, or plain `.json`); TraceError for a
+    file that is not a whole Chrome trace."""
+    path = Path(path)
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                data = json.load(fh)
+        else:
+            data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, EOFError, zlib.error, ValueError) as err:  # BadGzipFile is an OSError, JSONDecodeError a ValueError
         raise TraceError(f"{type(err).__name__}: {err}") from None
     events = data.get("traceEvents") if isinstance(data, dict) else data
     if not isinstance(events, list):
         raise TraceError("no traceEvents list (not a Chrome trace)")
     return [e for e in events if isinstance(e, dict)]
+
+
+def profiled_steps(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The CPU-side `ProfilerStep#N` annotations, in time order; TraceError when there is none."""
+    steps = sorted((e for e in events if e.get("cat") == STEP_CATEGORY
+                    and str(e.get("name", "")).startswith(STEP_PREFIX) and "ts" in e and "dur" in e),
+                   key=lambda e: float(e["ts"]))
+    if not steps:
+        raise TraceError(f"no '{STEP_PREFIX}N' events (cat {STEP_CATEGORY!r}): "
+                         "not a torch.profiler trace of training steps")
+    return steps
+
+
+def step_number(step: dict[str, Any]) -> int | str:
+    number = str(step["name"])[len(STEP_PREFIX):]
+    return int(number) if number.isdigit() else number
+
+
+def gpu_event_category(event: dict[str, Any]) -> str:
+    """A GPU event's category: `memcpy` / `memset` by event kind, a kernel's by its name."""
+    return GPU_EVENT_CATEGORIES[event["cat"]] or kernel_category(str(event.get("name", "?")))
 
 
 @dataclass(frozen=True)
@@ -112,9 +138,7 @@ def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: 
         start, end = float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0))
         if end <= t0 or start >= t1:
             continue
-        fixed = GPU_EVENT_CATEGORIES[ev["cat"]]
-        name = str(ev.get("name", "?"))
-        spans.append(_Span(max(start, t0), min(end, t1), name, fixed or kernel_category(name), start >= t0))
+        spans.append(_Span(max(start, t0), min(end, t1), str(ev.get("name", "?")), gpu_event_category(ev), start >= t0))
     busy = _union([(s.start, s.end) for s in spans])
     busy_us = sum(end - start for start, end in busy)
     gaps: list[tuple[float, float]] = []  # (length, offset from the step's start), us
@@ -136,9 +160,8 @@ def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: 
     by_call: dict[str, int] = {}
     for e in in_step:
         by_call[e["name"]] = by_call.get(e["name"], 0) + 1
-    number = str(step["name"])[len(STEP_PREFIX):]
     return {
-        "step": int(number) if number.isdigit() else number,
+        "step": step_number(step),
         "wall_ms": _ms(t1 - t0),
         "gpu_busy_ms": _ms(busy_us),
         "gpu_idle_ms": _ms((t1 - t0) - busy_us),
@@ -186,10 +209,7 @@ def trace_profile(path: Path) -> dict[str, Any]:
     """One rank's trace: its profiled steps and their mean. TraceError for an unreadable trace or one
     without a profiled step."""
     events = read_trace_events(path)
-    steps = sorted((e for e in events if e.get("cat") == STEP_CATEGORY and str(e.get("name", "")).startswith(STEP_PREFIX)
-                    and "ts" in e and "dur" in e), key=lambda e: float(e["ts"]))
-    if not steps:
-        raise TraceError(f"no '{STEP_PREFIX}N' events (cat {STEP_CATEGORY!r}): not a torch.profiler trace of training steps")
+    steps = profiled_steps(events)
     gpu_events = [e for e in events if e.get("cat") in GPU_EVENT_CATEGORIES and "ts" in e]
     syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e.get("name") in SYNC_CALLS and "ts" in e]
     try:

@@ -59,12 +59,24 @@ FLEX_EFFICIENCY = 0.9
 # link as well (the host sync and NCCL's all-to-all are the dispatcher's, not the link's), which
 # is unverified across nodes: every published cross-node EP recipe uses DeepEP/HybridEP.
 NCCL_A2A_EFFICIENCY = 0.3
-# Optimizer step and fp32 main-gradient accumulation, memory-bound, from the same H200 profile
-# (about 68 ms AdamW step and 98 ms main-grad adds per step for ~3.1e9 parameters, 8 micro-batches):
-# bytes moved per parameter of the local optimizer shard per step, and per parameter per
-# micro-batch when the wgrad GEMM does not accumulate into the main gradient itself (no TE).
+# Optimizer step and fp32 main-gradient accumulation, memory-bound: bytes moved per parameter of
+# the local optimizer shard per step, and per local parameter per micro-batch when the wgrad GEMM
+# does not accumulate into the main gradient itself (no TE), at the GPU's nominal HBM bandwidth;
+# parameters counted with the embedding and output layer. Megatron's own path (FAST_OPTIMIZER=0,
+# and Transformer Engine's): from bench/results/h200x1_qwen3-30b-a3b-proxy_profile.json (H200,
+# ~3.1e9 parameters, 8 micro-batches: about 68 ms AdamW step with torch's foreach kernels and 98 ms
+# fp32 main-grad adds per step).
 OPTIMIZER_BYTES_PER_PARAM = 105.0
 MAIN_GRAD_BYTES_PER_PARAM = 19.0
+# benchlib's FAST_OPTIMIZER=1 (the default without TE): AdamW as one Triton kernel that also writes
+# the bf16 parameters, main_grad += grad as one vectorised kernel. From the torch-profiler trace of
+# one GBS-4 step (one micro-batch) of the Qwen3-30B-A3B proxy on one H200 after those kernels
+# (bench/results/h200x1_host_gaps_profile_fast_optimizer.json; 3.115e9 parameters): per step the
+# Adam kernel 22.73 ms, the grad norm's multi-tensor L2 read 3.48 ms, the per-bucket NaN-check
+# norms 3.11 ms and the fp32 grad-buffer zeroing 2.72 ms = 32.04 ms = 49.4 bytes per parameter at
+# 4.8 TB/s; per micro-batch the accumulate kernel 7.28 ms = 11.2 bytes per parameter.
+OPTIMIZER_BYTES_PER_PARAM_FAST = 49.4
+MAIN_GRAD_BYTES_PER_PARAM_FAST = 11.2
 # With Transformer Engine's gradient-accumulation fusion the wgrad GEMM adds into the fp32 main
 # gradient itself: its epilogue still reads and writes it, 4 + 4 bytes per local parameter per
 # micro-batch at HBM bandwidth (memory-bound; it matters where a GPU holds many expert weights).
@@ -91,22 +103,34 @@ CP_EXPOSED = 0.5
 # host has issued. When issuing a layer's forward takes the host longer than the GPU takes to run
 # it, the GPU waits for the difference; a larger micro-batch gives the GPU more work per launch.
 # Backward is issued by autograd's C++ engine and runs ahead of the GPU.
-# Measured in torch-profiler traces of steps 6 and 7 on one H200 (native spec, fast ops on,
-# 2026-12-01; bench/results/h200x1_host_gaps_profile.json, summarised by bench/trace_gaps.py):
-# between two MoE layers' syncs (one layer's worth of forward ops, 100-110 kernels) the GPU span,
-# which is the host's issue time where the GPU waits inside, has medians 7.3 / 9.2 ms (Qwen3-30B-A3B
-# proxy, MBS 4; GPU busy 6.0 ms of it) and 7.3 / 8.2 ms (DeepSeek-V2-Lite proxy, MBS 2; busy 3.5
-# ms): the DeepSeek forward passes leave the GPU idle 109-121 ms of a 686-701 ms step.
-# HOST_FORWARD_PER_LAYER_S is the middle of those four medians. It is this suite's torch-eager
-# (native and local spec) path on the GPU machine's host. Transformer Engine's modules issue fewer,
-# fused kernels from the same Python layer code: HOST_FORWARD_PER_LAYER_TE_S is that path's host
-# time per layer, not measured here (no TE trace). It is the one constant fitted to the published
-# Qwen3-235B-A22B H100 table (ModelZoo best_practice/qwen3/readme.md, commit e8650517): the MBS-1
-# layouts there are host-bound, the Megatron-FSDP layout at MBS 4 is not; the ranking needs at
-# least 6.0 ms, and all three targets of tests/test_planning_calibration.py hold up to 7.5 ms.
-HOST_FORWARD_PER_LAYER_S = 8.0e-3
+# Measured in torch-profiler traces of steps 6 and 7 on one H200 (native spec, fast ops on),
+# summarised by bench/trace_gaps.py. The suite as it is now (main after the FAST_OPTIMIZER kernels,
+# 2026-12-01; bench/results/h200x1_host_gaps_profile_fast_optimizer.json): between two MoE layers'
+# syncs (one layer's worth of forward ops, about 98 kernels) the GPU span, which is the host's
+# issue time where the GPU waits inside, has medians 6.55 / 6.32 ms (Qwen3-30B-A3B proxy, MBS 4;
+# GPU busy 6.0 ms of it; the host's first-to-last launch 6.8 / 6.2 ms): HOST_FORWARD_PER_LAYER_S is
+# their middle. It is this suite's torch-eager (native and local spec) path on the GPU machine's
+# host. Before the experts' token offsets went to the GPU through pinned memory (two pageable
+# copies per MoE layer, each draining the GPU queue) the same spans were 7.3 / 9.2 ms (Qwen, MBS 4)
+# and 7.3 / 8.2 ms (DeepSeek-V2-Lite proxy, MBS 2; its forward passes idle 106-117 ms of a
+# 686-701 ms step): bench/results/h200x1_host_gaps_profile.json, where the 8 ms used until then
+# came from. Transformer Engine's modules issue fewer, fused kernels from the same Python layer
+# code: HOST_FORWARD_PER_LAYER_TE_S is that path's host time per layer, not measured here (no TE
+# trace). It is the one constant fitted to the published Qwen3-235B-A22B H100 table (ModelZoo
+# best_practice/qwen3/readme.md, commit e8650517): the MBS-1 layouts there are host-bound, the
+# Megatron-FSDP layout at MBS 4 is not; the ranking needs at least 6.0 ms, and all three targets of
+# tests/test_planning_calibration.py hold up to 7.5 ms.
+HOST_FORWARD_PER_LAYER_S = 6.4e-3
 HOST_FORWARD_PER_LAYER_TE_S = 6.0e-3
-# Where that host time goes inside a layer (the Qwen3 proxy trace above, step 7, the main thread's
+# --- Once per step, after the backward: the GPU idles while the host finishes the gradient sync
+# (the NaN check's verdict), reads the grad norm back before the optimizer step and does the
+# step's bookkeeping after it. Traced idle from the backward's last kernel to the step's end
+# (bench/trace_gaps.py's by_phase after_backward + optimizer_and_after): 9.5 / 10.0 ms in the
+# Qwen3 proxy trace of the suite now (steps 6 / 7), 10.8 / 10.3 ms before the FAST_OPTIMIZER
+# kernels, 8.5 / 8.8 ms for the DeepSeek-V2-Lite proxy. It is Megatron's training loop, not the
+# layers: charged to every run (a few ms against the seconds of a published row's step).
+STEP_HOST_IDLE_S = 9.7e-3
+# Where that host time goes inside a layer (the Qwen3 proxy trace before the pinned offsets, step 7, the main thread's
 # ops between its 2nd and 3rd sync, 9.85 ms): the attention block with its norms and residual add
 # 3.25 ms, the router with its top-k and aux loss 2.05 ms, the dispatcher's preprocessing (token
 # counts before the sync, sort and local permutation after it) 1.0 ms, the rest (all-to-all,
@@ -131,6 +155,11 @@ def host_forward_per_layer_s(args: Mapping[str, Any], opts: "CostOptions") -> di
     return {kind: host * sum(HOST_SHARE[p] for p in parts if p not in captured) for kind, parts in kinds.items()}
 
 
+def uses_transformer_engine(args: Mapping[str, Any]) -> bool:
+    """Megatron's TE layers: no benchlib spec and the TE implementation (Megatron's default)."""
+    return str(get(args, "transformer_impl", "transformer_engine")) == "transformer_engine" and not get(args, "spec", None)
+
+
 @dataclass
 class CostOptions:
     """What the cost model reads besides the layout: how the run communicates and computes."""
@@ -142,6 +171,9 @@ class CostOptions:
     recompute_modules: tuple[str, ...] = ()
     cuda_graph_scopes: tuple[str, ...] = ()
     fsdp: bool = False
+    # benchlib's FAST_OPTIMIZER (Triton AdamW and main-grad kernels; the suite's default without TE);
+    # False: Megatron's own optimizer path. Transformer Engine runs always take Megatron's.
+    fast_optimizer: bool = True
 
     @staticmethod
     def from_args(args: Mapping[str, Any]) -> "CostOptions":
@@ -167,6 +199,8 @@ class CostOptions:
             dispatcher=dispatcher, a2a_overlap=as_bool(args, "overlap_moe_expert_parallel_comm"),
             recompute=gran, recompute_modules=modules or (("core_attn",) if gran == "selective" else ()),
             cuda_graph_scopes=scopes, fsdp=as_bool(args, "use_megatron_fsdp"),
+            # the knob, where the arguments carry it (a resolved run's, a record's); else the default
+            fast_optimizer=as_bool(args, "FAST_OPTIMIZER", True) and not uses_transformer_engine(args),
         )
 
 
@@ -354,15 +388,22 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
             # distributed optimizer's sync (docs/planning.md, "not modelled")
             dp_s += DP_EXPOSED * params * (4 + 2) * (size - 1) / size / (link * BUS_EFFICIENCY)
 
-    # optimizer step on this rank's shard, and main-grad accumulation without TE's wgrad fusion
+    # optimizer step on this rank's shard, and main-grad accumulation without TE's wgrad fusion;
+    # the embedding and output layer are dense parameters of the stages that hold them
+    embed = shape.vocab * shape.hidden / lay.tp
+    embed_p = (embed if slowest.embedding else 0.0) + (
+        embed + shape.hidden * shape.norm_params if slowest.loss and (shape.untied or not slowest.embedding) else 0.0)
+    local_p = dense_p + embed_p + expert_p
     distributed = as_bool(args, "use_distributed_optimizer")
     edp = max(1, lay.world // (lay.pp * lay.ep * lay.etp))
-    shard = dense_p / (lay.dp * lay.cp) + expert_p / edp if distributed else dense_p + expert_p
-    optim_s = OPTIMIZER_BYTES_PER_PARAM * shard / hbm
-    te = str(get(args, "transformer_impl", "transformer_engine")) == "transformer_engine" and not get(args, "spec", None)
+    shard = (dense_p + embed_p) / (lay.dp * lay.cp) + expert_p / edp if distributed else local_p
+    te = uses_transformer_engine(args)
+    fast = opts.fast_optimizer and not te
+    optim_s = (OPTIMIZER_BYTES_PER_PARAM_FAST if fast else OPTIMIZER_BYTES_PER_PARAM) * shard / hbm
     fused = te and as_bool(args, "gradient_accumulation_fusion", True)
-    grad_bytes = FUSED_WGRAD_BYTES_PER_PARAM if fused else MAIN_GRAD_BYTES_PER_PARAM
-    optim_s += grad_bytes * (dense_p + expert_p) * M / hbm
+    grad_bytes = (FUSED_WGRAD_BYTES_PER_PARAM if fused
+                  else MAIN_GRAD_BYTES_PER_PARAM_FAST if fast else MAIN_GRAD_BYTES_PER_PARAM)
+    optim_s += grad_bytes * local_p * M / hbm
 
     scale = M + bubble
     parts = {
@@ -376,8 +417,9 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
         "PP p2p": pp_s * M,
         "DP grad/param sync": dp_s,
         "optimizer + main-grad": optim_s,
+        "step's host epilogue (GPU idle)": STEP_HOST_IDLE_S,
     }
-    return StepPrediction(step_s=per_mb * scale + dp_s + optim_s, parts=parts, microbatches=M)
+    return StepPrediction(step_s=per_mb * scale + dp_s + optim_s + STEP_HOST_IDLE_S, parts=parts, microbatches=M)
 
 
 @dataclass
@@ -403,7 +445,7 @@ class RunPrediction:
         lines = [f"predicted step time {self.step.step_s:.3f} s ({self.step.microbatches} micro-batches), "
                  f"{self.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, {self.tflops_per_gpu:.0f} TFLOP/s/GPU "
                  f"({o.precision}, dispatcher {o.dispatcher}, A2A overlap {'on' if o.a2a_overlap else 'off'}, "
-                 f"recompute {o.recompute})"]
+                 f"recompute {o.recompute}, FAST_OPTIMIZER {'on' if o.fast_optimizer else 'off'})"]
         for name, secs in sorted(self.step.parts.items(), key=lambda kv: -kv[1]):
             if secs > 0:
                 lines.append(f"  {name:<42}{secs:9.3f} s  {secs / self.step.step_s:6.1%}")
@@ -416,7 +458,8 @@ class RunPrediction:
                 "predicted_tflops_per_gpu": self.tflops_per_gpu, "predicted_parts_s": self.step.parts,
                 "cost_options": {"precision": self.options.precision, "dispatcher": self.options.dispatcher,
                                  "a2a_overlap": self.options.a2a_overlap, "recompute": self.options.recompute,
-                                 "cuda_graph_scopes": list(self.options.cuda_graph_scopes)}}
+                                 "cuda_graph_scopes": list(self.options.cuda_graph_scopes),
+                                 "fast_optimizer": self.options.fast_optimizer}}
 
 
 def predict_from_args(args: Mapping[str, Any], gpu_type: str, gpus_per_node: int | None = None,

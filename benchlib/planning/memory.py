@@ -211,11 +211,14 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
         backend = backend.get("name")
     if backend not in ("te", "native", "local"):
         backend = None
+    knobs = record.get("knobs") if isinstance(record.get("knobs"), Mapping) else {}
     if backend == "native" and "FAST_OPS" not in args:
-        # historical records say `fast_ops`; native records made before the fast ops existed say nothing
-        args["FAST_OPS"] = bool(record.get("FAST_OPS", record.get("fast_ops", False)))
+        # the run's resolved knobs; historical records say `fast_ops`; native records made before the
+        # fast ops existed say nothing
+        args["FAST_OPS"] = bool(knobs.get("FAST_OPS", record.get("FAST_OPS", record.get("fast_ops", False))))
     if backend in ("native", "local") and "FAST_OPTIMIZER" not in args:
-        args["FAST_OPTIMIZER"] = bool(record.get("FAST_OPTIMIZER", False))  # records before it: foreach AdamW
+        # records made before the knob existed ran Megatron's foreach AdamW
+        args["FAST_OPTIMIZER"] = bool(knobs.get("FAST_OPTIMIZER", record.get("FAST_OPTIMIZER", False)))
     return args, backend
 
 
@@ -430,8 +433,9 @@ def estimate_from_args(args: Args, layout: Layout | None = None, *, backend: str
     # the native spec's fast ops (benchlib/megatron/spec/fast_ops.py) replace the fp32 cross-entropy
     # for TP=1; `FAST_OPS: false` describes a run with the knob FAST_OPS=0 (or made before them)
     fused_loss = attn == "sdpa" and lay.tp == 1 and as_bool(args, "FAST_OPS", True)
-    # benchlib's fast optimizer (FAST_OPTIMIZER=1, no TE) steps with torch's fused AdamW, which
-    # needs no scratch; arguments without the knob describe Megatron's foreach AdamW
+    # benchlib's fast optimizer (FAST_OPTIMIZER=1, no TE) steps with one Triton kernel (earlier: torch's
+    # fused AdamW), which needs no scratch; arguments without the knob are costed as Megatron's foreach
+    # AdamW here, the larger of the two
     fused_adam = attn != "flash" and as_bool(args, "FAST_OPTIMIZER", False)
     granularity = str(get(args, "recompute_granularity", "") or "")
     modules = frozenset(as_list(args, "recompute_modules") or DEFAULT_SELECTIVE) if granularity == "selective" else frozenset()
