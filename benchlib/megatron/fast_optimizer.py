@@ -12,7 +12,7 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 | --- | --- | --- |
 | optimizer.Adam, optimizer.USING_PYTORCH_OPTIMIZER | AdamW: one multi-tensor Triton kernel that also writes the bf16 params (fast_adam.py); Adam (L2 decay): torch's with `fused=True` | torch's fused step for non-fp32 or non-CUDA tensors, amsgrad, maximize |
 | clip_grads.l2_norm_impl | `torch._foreach_norm` + one norm of the norms, no host sync | - |
-| optimizer.clip_grad_by_total_norm_fp32 | no pass of its own: the fused AdamW divides each gradient by 1/clip_coeff as it reads it (torch's `grad_scale`) | decoupled grads, tensor norms, parameters of an optimizer it did not build or only partly given |
+| optimizer.clip_grad_by_total_norm_fp32 | no pass of its own: TritonAdamW multiplies each gradient by the clip coefficient as it reads it (torch's fused Adam: divides by `grad_scale`) | decoupled grads, tensor norms, parameters of an optimizer it did not build or only partly given |
 | clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl | `torch._foreach_mul_` / `_foreach_copy_` | - |
 | optimizer._multi_tensor_copy_this_to_that | `torch._foreach_copy_` (casts fp32 -> bf16 as `copy_` does) | - |
 | DistributedOptimizer._copy_main_params_to_model_params | nothing when the step just wrote those bf16 params; else one `torch._foreach_copy_` into the parameter buffer (and the step writes them from then on) | Megatron-FSDP, precision-aware optimizer, fp8/fp4 param gather, stub optimizers |
