@@ -269,6 +269,8 @@ def make_backward_post_hook(self: Any, param: Any) -> Any:
     """Megatron's DDP backward hook, with `main_grad += grad` done by grad_accumulate's kernel
     (one vectorised pass; torch's mixed-dtype `add_` is not vectorised). Megatron's own hook then
     runs as always (bucket bookkeeping, `param.grad = None`), told the grad is already added."""
+    from megatron.core.transformer.cuda_graphs import is_graph_capturing
+
     from benchlib.megatron.grad_accumulate import accumulate_, kernel_applies
 
     megatron_hook = _original(_DDP, "_make_backward_post_hook")(self, param)
@@ -281,8 +283,6 @@ def make_backward_post_hook(self: Any, param: Any) -> Any:
                 or (added_before and not getattr(param, "zero_out_wgrad", False))
                 or not kernel_applies(main_grad, grad.data)):
             return megatron_hook(*unused)
-        from megatron.core.transformer.cuda_graphs import is_graph_capturing
-
         if is_graph_capturing():
             return megatron_hook(*unused)
         accumulate_(main_grad, grad.data)
