@@ -10,7 +10,7 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 
 | replaced (module.name) | with | falls back for |
 | --- | --- | --- |
-| optimizer.Adam, optimizer.USING_PYTORCH_OPTIMIZER | AdamW: one multi-tensor Triton kernel that also writes the bf16 params (fast_adam.py); Adam (L2 decay): torch's with `fused=True` | torch's fused step for non-fp32 or non-CUDA tensors, amsgrad, maximize |
+| optimizer.Adam, optimizer.USING_PYTORCH_OPTIMIZER | AdamW: one multi-tensor Triton kernel that also writes the bf16 params (fast_adam.py); Adam (L2 decay): torch's with `fused=True` | torch's own (foreach) AdamW step for non-fp32 or non-CUDA tensors, amsgrad, maximize |
 | clip_grads.l2_norm_impl | `torch._foreach_norm` + one norm of the norms, no host sync | - |
 | optimizer.clip_grad_by_total_norm_fp32 | no pass of its own: TritonAdamW multiplies each gradient by the clip coefficient as it reads it (torch's fused Adam: divides by `grad_scale`) | decoupled grads, tensor norms, parameters of an optimizer it did not build or only partly given |
 | clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl | `torch._foreach_mul_` / `_foreach_copy_` | - |
@@ -20,8 +20,9 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 | _ParamAndGradBucketGroup.check_grads, .finish_grad_sync | the per-bucket NaN/Inf norms computed where Megatron computes them, judged (same messages) when the group's grad sync finishes: no host sync per bucket inside the backward | - |
 
 The arithmetic is the same as Megatron's (the norm is the 2-norm of the per-tensor 2-norms in
-the gradients' dtype; scaling multiplies in the source dtype; AdamW's update is torch's fused
-formula), so results agree to fp32 rounding, and the bf16 params are the fp32 ones rounded once. Where Megatron found TE or Apex nothing is replaced. The same
+the gradients' dtype; scaling multiplies in the source dtype; AdamW's update is torch's foreach
+AdamW, operation by operation), so results agree to fp32 rounding, and the bf16 params are the
+fp32 ones rounded once. Where Megatron found TE or Apex nothing is replaced. The same
 code runs at any EP/DP size: the stand-ins act on each rank's local shard and leave Megatron's
 all-reduces where they are.
 
@@ -132,8 +133,9 @@ def _owners_of(params: list) -> dict[int, Any]:
 def clip_grad_by_total_norm_fp32(parameters: Any, max_norm: float, total_norm: Any, use_decoupled_grad: bool = False) -> None:
     """Megatron's clip by total norm, folded into the next optimizer step: TritonAdamW multiplies
     each gradient by `clip_coeff` as it reads it (torch's fused Adam divides by `grad_scale` =
-    1/clip_coeff), which saves a read and a write of every fp32 gradient. Same coefficient as Megatron (max_norm / (norm + 1e-6),
-    applied only below 1). Anything else goes to Megatron's original."""
+    1/clip_coeff), which saves a read and a write of every fp32 gradient. Same coefficient as
+    Megatron (max_norm / (norm + 1e-6), applied only below 1). Anything else goes to Megatron's
+    original."""
     import torch
 
     params = list(parameters) if not isinstance(parameters, torch.Tensor) else [parameters]
@@ -281,9 +283,7 @@ def make_backward_post_hook(self: Any, param: Any) -> Any:
         added_before = getattr(param, "grad_added_to_main_grad", False)
         if (grad is None or main_grad is None or param not in self.param_to_bucket_group
                 or (added_before and not getattr(param, "zero_out_wgrad", False))
-                or not kernel_applies(main_grad, grad.data)):
-            return megatron_hook(*unused)
-        if is_graph_capturing():
+                or not kernel_applies(main_grad, grad.data) or is_graph_capturing()):
             return megatron_hook(*unused)
         accumulate_(main_grad, grad.data)
         zero_out = getattr(param, "zero_out_wgrad", None)
