@@ -71,7 +71,9 @@ from benchlib.megatron.spec.layer_spec import build_native_spec
 cfg = tiny_moe_config(bf16=True, params_dtype=torch.bfloat16)
 clip = float(sys.argv[1])
 torch.manual_seed(3)
-batches = [(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))) for _ in range(3 * world)][rank::world]
+batches = [(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16))) for _ in range(6 * world)][rank::world]
+micro_batches = int(os.environ.get("MICRO_BATCHES", "1"))
+overlap = os.environ.get("OVERLAP", "0") == "1"
 positions = torch.arange(16).unsqueeze(0).expand(2, -1)
 calls = {}
 
@@ -87,20 +89,45 @@ def train():
     model = GPTModel(cfg, build_native_spec(cfg), vocab_size=300, max_sequence_length=16,
                      position_embedding_type="rope").bfloat16()
     ddp = DistributedDataParallel(cfg, DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True,
-                                                                     check_for_nan_in_grad=True), model)
+                                                                     check_for_nan_in_grad=True, overlap_grad_reduce=overlap,
+                                                                     bucket_size=4000 if overlap else None), model)
     opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, weight_decay=0.1, bf16=True,
                                                  use_distributed_optimizer=True, clip_grad=clip), [ddp])
-    losses, norms = [], []
-    for tokens, labels in batches:
+    losses, norms, left_at_reset = [], [], []
+    for step in range(3):
         ddp.zero_grad_buffer()
         opt.zero_grad()
-        loss = ddp(tokens, positions, None, labels=labels).float().mean()
-        loss.backward()
+        # what zero_grad_buffer left in the gradient buffers (Megatron zeroes them; the stand-ins
+        # leave last step's values, which the first write of this step overwrites)
+        left_at_reset.append(any(float(b.grad_data.abs().sum()) > 0 for b in ddp.buffers + ddp.expert_parallel_buffers))
+        for i in range(micro_batches):
+            tokens, labels = batches[step * micro_batches + i]
+            loss = ddp(tokens, positions, None, labels=labels).float().mean()
+            if i < micro_batches - 1:
+                with ddp.no_sync():
+                    loss.backward()
+            else:
+                loss.backward()
+            losses.append(loss.item())
         ddp.finish_grad_sync()  # reduce-scatter over the data-parallel ranks (gloo)
         ok, norm, _ = opt.step()
         assert ok
-        losses.append(loss.item())
         norms.append(float(norm))
+    # a step in which only the word embeddings get a gradient: every other main_grad must read
+    # zero, as after Megatron's zeroing, not hold the last step's values (with overlap_grad_reduce
+    # Megatron itself requires every parameter's gradient in every step)
+    stale, embedding_grad = None, None
+    if not overlap:
+        ddp.zero_grad_buffer()
+        opt.zero_grad()
+        tokens, labels = batches[0]
+        model.embedding(input_ids=tokens, position_ids=positions).float().sum().backward()
+        ddp.finish_grad_sync()
+        stale = sorted(n for n, p in model.named_parameters()
+                       if "word_embeddings" not in n and float(p.main_grad.abs().sum()) != 0)
+        embedding_grad = float(model.embedding.word_embeddings.weight.main_grad.abs().sum())
+    fused_norms = sum(getattr(g, "_benchlib_norms").fused_checks for g in ddp.bucket_groups + ddp.expert_parallel_bucket_groups
+                      if hasattr(g, "_benchlib_norms"))
     parts = opt.chained_optimizers if hasattr(opt, "chained_optimizers") else [opt]
     main = [p.detach().float().reshape(-1).tolist() for part in parts for group in part.shard_fp32_from_float16_groups for p in group]
     model_params = {n: p.detach().float().reshape(-1).tolist() for n, p in model.named_parameters()}
@@ -112,14 +139,15 @@ def train():
     ddp.zero_grad_buffer()
     opt.zero_grad()
     tokens, labels = batches[0]
-    (ddp(tokens, positions, None, labels=labels).float().mean() * float("nan")).backward()
-    try:
+    try:  # with overlap_grad_reduce, Megatron's own check runs (and stops) inside the backward
+        (ddp(tokens, positions, None, labels=labels).float().mean() * float("nan")).backward()
         ddp.finish_grad_sync()
         nan_error = None
     except RuntimeError as e:
         nan_error = str(e).split("message=")[-1]
     return {"losses": losses, "norms": norms, "main": main, "model": model_params, "fused": fused, "parts": len(parts),
-            "kinds": kinds, "nan_error": nan_error}
+            "kinds": kinds, "nan_error": nan_error, "left_at_reset": left_at_reset, "stale": stale,
+            "embedding_grad": embedding_grad, "fused_norms": fused_norms}
 
 megatron_own = train()
 patched = fast_optimizer.install()
@@ -127,9 +155,10 @@ counted(clip_grads, "l2_norm_impl")
 counted(clip_grads, "multi_tensor_scale_impl")
 counted(optimizer_module, "clip_grad_by_total_norm_fp32")
 counted(distrib_optimizer.DistributedOptimizer, "_copy_main_params_to_model_params")
-from benchlib.megatron import fast_adam, grad_accumulate
+from benchlib.megatron import fast_adam, fast_grads, grad_accumulate
 counted(fast_adam.TritonAdamW, "_kernel_step")
-counted(fast_optimizer, "_validate_bucket_norms")
+counted(fast_grads, "_validate_bucket_norms")
+counted(fast_grads, "_validate_all")
 counted(grad_accumulate, "accumulate_")
 written = []
 take_written = fast_adam.TritonAdamW.take_written
@@ -170,35 +199,56 @@ def max_rel(a: list[float], b: list[float]) -> float:
     return float((ta - tb).abs().max() / tb.abs().max().clamp_min(1e-12))
 
 
+CASES = {  # id: (ranks, EP, micro-batches per step, overlap_grad_reduce)
+    "1rank": (1, 1, 1, False),
+    "2ranks-ep2-2microbatches": (2, 2, 2, False),
+    "1rank-overlap-2microbatches": (1, 1, 2, True),
+}
+
+
 @pytest.mark.parametrize("kernel", ["triton", "torch-foreach"])
-@pytest.mark.parametrize("ranks,ep", [(1, 1), (2, 2)], ids=["1rank", "2ranks-ep2"])
-def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, ranks, ep, kernel):
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_optimizer_steps_match_megatrons_own_with_clipping(tmp_path, case, kernel):
     """One rank, and two ranks with EP=2 (dense parameters data-parallel over both, experts
-    split): the same stand-ins, each on its rank's shard, give Megatron's steps. `triton`: the
-    AdamW kernel (fast_adam.py) under Triton's CPU interpreter, as it runs on a GPU, writing the
-    bf16 params itself from the second step on; `torch-foreach`: the same optimizer class on CPU
-    tensors without the interpreter, which hands the step to torch's own (foreach) AdamW."""
+    split), and one rank with Megatron's overlapped grad reduce (the NaN check runs from the
+    backward hook): the same stand-ins, each on its rank's shard, give Megatron's steps, one or
+    two micro-batches per step. `triton`: the AdamW kernel (fast_adam.py) and the gradient
+    kernel (grad_accumulate.py) under Triton's CPU interpreter, as they run on a GPU;
+    `torch-foreach`: the same classes on CPU tensors without the interpreter, which hand the
+    step to torch's own (foreach) AdamW and the gradients to Megatron's `add_`."""
+    ranks, ep, micro_batches, overlap = CASES[case]
+    if overlap and kernel == "torch-foreach":
+        pytest.skip("the torch fallback path is the same with or without overlap; covered by the other cases")
     env = {"BENCH_KERNELS_ON_CPU": "1"} if kernel == "triton" else {"BENCH_KERNELS_ON_CPU": "0"}
+    env.update(MICRO_BATCHES=str(micro_batches), OVERLAP="1" if overlap else "0")
     # the grad norm is ~2-3: clipping scales every step
     out = run_child(0.05, tmp_path, ranks=ranks, ep=ep, **env)
     own, fast = out["megatron"], out["fast"]
     assert "megatron.core.optimizer:Adam" in out["patched"]
     assert own["kinds"] == ["AdamW"] * own["parts"] and fast["kinds"] == ["TritonAdamW"] * fast["parts"]
-    # Megatron's per-bucket NaN check ran (deferred to the end of the grad sync, not per bucket),
-    # and stops a NaN step with Megatron's own message
-    assert out["calls"]["_validate_bucket_norms"] >= 4 * fast["parts"]
+    # Megatron's per-bucket NaN check ran, judged once per grad sync (not per bucket), and stops a
+    # NaN step with Megatron's own message
+    syncs = 4 if overlap else 5  # 3 steps (+ the embeddings-only step) + the NaN step
+    assert out["calls"]["_validate_all"] == syncs
+    assert out["calls"]["_validate_bucket_norms"] >= syncs
     assert own["nan_error"] and "found NaN in local grad norm for bucket #0" in own["nan_error"]
     assert fast["nan_error"] == own["nan_error"]
+    # Megatron zeroes the gradient buffers at every step; the stand-ins leave them (the first write
+    # of a step overwrites), and a parameter without a gradient still reads zero
+    assert own["left_at_reset"] == [False, False, False]
+    assert fast["left_at_reset"] == [False, True, True]
+    if not overlap:
+        assert own["stale"] == [] and fast["stale"] == []
+        assert fast["embedding_grad"] == own["embedding_grad"] > 0
     if kernel == "triton":
-        assert out["calls"]["accumulate_"] > 0  # main_grad += grad in the kernel
+        assert out["calls"]["accumulate_"] > 0  # main_grad = / += grad in the kernel
+        assert fast["fused_norms"] > 0  # bucket norms from the kernel's squares
         assert out["calls"]["_kernel_step"] >= 3 * fast["parts"]
         # step 1 registers the bf16 destinations (and copies); steps 2 and 3 wrote them in the kernel
         assert out["calls"]["copies_skipped"] == 2 * fast["parts"]
     else:
         assert out["calls"].get("_kernel_step", 0) == 0 and out["calls"]["copies_skipped"] == 0
-        assert out["calls"].get("accumulate_", 0) == 0
-    # the stand-ins really ran: a norm per step per part, a clip per step per part (folded into
-    # the fused step: no scaling pass of its own), one copy per step per part
+        assert out["calls"].get("accumulate_", 0) == 0 and fast["fused_norms"] == 0
     assert out["calls"]["l2_norm_impl"] >= 3 * fast["parts"]
     assert out["calls"]["clip_grad_by_total_norm_fp32"] == 3 * fast["parts"]
     assert out["calls"].get("multi_tensor_scale_impl", 0) == 0
@@ -284,7 +334,9 @@ def test_driver_installs_the_stand_ins_under_the_knob(monkeypatch, capsys):
 
 def test_grad_accumulate_kernel_is_torchs_add(monkeypatch):
     """main_grad += grad through grad_accumulate's Triton kernel (Triton's CPU interpreter) gives
-    torch's own `add_` bit for bit: fp32 += bf16 / fp16 / fp32, sizes around the block."""
+    torch's own `add_` bit for bit, and the first write (`overwrite`) torch's `copy_`: fp32 +=
+    bf16 / fp16 / fp32, sizes around the block. The squares it adds for the NaN check sum to the
+    squared 2-norm of what it wrote; a NaN or Inf written shows in them."""
     from benchlib.megatron import grad_accumulate
 
     monkeypatch.setenv("BENCH_KERNELS_ON_CPU", "1")
@@ -295,12 +347,54 @@ def test_grad_accumulate_kernel_is_torchs_add(monkeypatch):
             grad = torch.randn(n).to(dtype)
             expected = acc.clone().add_(grad)
             assert grad_accumulate.kernel_applies(acc, grad)
-            grad_accumulate.accumulate_(acc, grad)
+            sumsq = grad_accumulate.new_sumsq(acc.device)[0]
+            grad_accumulate.accumulate_(acc, grad, sumsq=sumsq)
             assert torch.equal(acc, expected), (n, dtype)
-    # what the kernel does not take goes to add_ (a strided view)
+            assert torch.allclose(sumsq.sum(), expected.square().sum(), rtol=1e-5)
+            stale = torch.randn(n)
+            grad_accumulate.accumulate_(stale, grad, overwrite=True)
+            assert torch.equal(stale, torch.zeros(n).copy_(grad)), (n, dtype)
+    for bad in (float("nan"), float("inf")):
+        acc, grad = torch.zeros(5000), torch.randn(5000).to(torch.bfloat16)
+        grad[4321] = bad
+        sumsq = grad_accumulate.new_sumsq(acc.device)[0]
+        grad_accumulate.accumulate_(acc, grad, overwrite=True, sumsq=sumsq)
+        total = sumsq.sum()
+        assert (torch.isnan(total) if bad != bad else torch.isinf(total))
+    # what the kernel does not take goes to add_ / copy_ (a strided view)
     acc = torch.randn(8, 4)
     grad = torch.randn(4, 8).t()
     assert not grad_accumulate.kernel_applies(acc, grad)
     expected = acc.clone().add_(grad)
-    grad_accumulate.accumulate_(acc, grad)
+    sumsq = grad_accumulate.new_sumsq(acc.device)[0]
+    grad_accumulate.accumulate_(acc, grad, sumsq=sumsq)
     assert torch.equal(acc, expected)
+    assert torch.allclose(sumsq.sum(), expected.square().sum())
+    grad_accumulate.accumulate_(acc, grad, overwrite=True)
+    assert torch.equal(acc, grad.contiguous())
+
+
+def test_step_stats_over_one_rank_are_the_value_itself(monkeypatch):
+    """train_step's reductions over a model-parallel group of one rank: the value with Megatron's
+    fp32 rounding, None for a rank without the stat, `is True` for the flag; no device round trip.
+    Over a larger group Megatron's own reduction runs."""
+    import types
+
+    import numpy
+
+    from benchlib.megatron import step_stats
+
+    one, two = types.SimpleNamespace(size=lambda: 1), types.SimpleNamespace(size=lambda: 2)
+    assert step_stats.reduce_max_stat_across_model_parallel_group(0.1, group=one) == float(numpy.float32(0.1)) != 0.1
+    assert step_stats.reduce_max_stat_across_model_parallel_group(None, group=one) is None
+    assert step_stats.logical_and_across_model_parallel_group(True, group=one) is True
+    assert step_stats.logical_and_across_model_parallel_group(False, group=one) is False
+    assert step_stats.logical_and_across_model_parallel_group(1, group=one) is False  # Megatron's `input is True`
+    seen = []
+    monkeypatch.setattr("megatron.training.utils.common_utils.reduce_max_stat_across_model_parallel_group",
+                        lambda stat, group=None: seen.append(("max", stat, group)) or 7.0)
+    monkeypatch.setattr("megatron.training.utils.common_utils.logical_and_across_model_parallel_group",
+                        lambda value, group=None: seen.append(("and", value, group)) or False)
+    assert step_stats.reduce_max_stat_across_model_parallel_group(0.1, group=two) == 7.0
+    assert step_stats.logical_and_across_model_parallel_group(True, group=two) is False
+    assert seen == [("max", 0.1, two), ("and", True, two)]

@@ -16,8 +16,8 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 | clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl | `torch._foreach_mul_` / `_foreach_copy_` | - |
 | optimizer._multi_tensor_copy_this_to_that | `torch._foreach_copy_` (casts fp32 -> bf16 as `copy_` does) | - |
 | DistributedOptimizer._copy_main_params_to_model_params | nothing when the step just wrote those bf16 params; else one `torch._foreach_copy_` into the parameter buffer (and the step writes them from then on) | Megatron-FSDP, precision-aware optimizer, fp8/fp4 param gather, stub optimizers |
-| DistributedDataParallel._make_backward_post_hook | Megatron's hook, with `main_grad += grad` as one vectorised kernel (grad_accumulate.py) | grads TE already added, non-contiguous or CPU tensors, CUDA-graph capture |
-| _ParamAndGradBucketGroup.check_grads, .finish_grad_sync | the per-bucket NaN/Inf norms computed where Megatron computes them, judged (same messages) when the group's grad sync finishes: no host sync per bucket inside the backward | - |
+| megatron.training.training: logical_and_ / reduce_max_stat_across_model_parallel_group | step_stats.py: the value itself, on the host, over a group of one rank (no device round trip per step) | groups of more ranks |
+| DistributedDataParallel (constructor, backward hook, finish_grad_sync), _ParamAndGradBuffer.reset, _ParamAndGradBucketGroup (reset, start_grad_sync, check_grads) | fast_grads.py: no zeroing of the gradient buffer (an iteration's first write copies), `main_grad += grad` as one vectorised kernel (grad_accumulate.py) that also adds the squares for the per-bucket NaN/Inf check, judged with one host sync when the grad sync finishes | grads TE already added, non-contiguous or CPU tensors, CUDA-graph capture; Megatron's zeroing where something else writes main_grad in the backward |
 
 The arithmetic is the same as Megatron's (the norm is the 2-norm of the per-tensor 2-norms in
 the gradients' dtype; scaling multiplies in the source dtype; AdamW's update is torch's foreach
@@ -63,13 +63,14 @@ def install() -> list[str]:
     _patch(optimizer, "_multi_tensor_copy_this_to_that", multi_tensor_copy_this_to_that)
     _patch(optimizer, "clip_grad_by_total_norm_fp32", clip_grad_by_total_norm_fp32)
     _patch(DistributedOptimizer, "_copy_main_params_to_model_params", copy_main_params_to_model_params)
-    from megatron.core.distributed import param_and_grad_buffer
-    from megatron.core.distributed.distributed_data_parallel import DistributedDataParallel
+    from benchlib.megatron import fast_grads, step_stats
 
-    _patch(DistributedDataParallel, "_make_backward_post_hook", make_backward_post_hook)
-    bucket_group = param_and_grad_buffer._ParamAndGradBucketGroup
-    _patch(bucket_group, "check_grads", check_grads_without_sync)
-    _patch(bucket_group, "finish_grad_sync", finish_grad_sync_then_validate)
+    fast_grads.install(_patch)
+    try:
+        import megatron.training.training  # noqa: F401  (the driver's loop; absent from bare-core uses)
+    except ImportError:
+        return installed()
+    step_stats.install(_patch)
     return installed()
 
 
@@ -259,88 +260,3 @@ def copy_main_params_to_model_params(self: Any) -> None:
         with torch.no_grad():
             torch._foreach_copy_(destinations, sources)
     return None
-
-
-# --- gradient accumulation and the per-bucket NaN check (Megatron's DDP) ----------------------
-
-_DDP = "megatron.core.distributed.distributed_data_parallel.DistributedDataParallel"
-_BUCKET_GROUP = "megatron.core.distributed.param_and_grad_buffer._ParamAndGradBucketGroup"
-
-
-def make_backward_post_hook(self: Any, param: Any) -> Any:
-    """Megatron's DDP backward hook, with `main_grad += grad` done by grad_accumulate's kernel
-    (one vectorised pass; torch's mixed-dtype `add_` is not vectorised). Megatron's own hook then
-    runs as always (bucket bookkeeping, `param.grad = None`), told the grad is already added."""
-    from megatron.core.transformer.cuda_graphs import is_graph_capturing
-
-    from benchlib.megatron.grad_accumulate import accumulate_, kernel_applies
-
-    megatron_hook = _original(_DDP, "_make_backward_post_hook")(self, param)
-
-    def hook(*unused: Any) -> None:
-        grad = param.grad
-        main_grad = getattr(param, "main_grad", None)
-        added_before = getattr(param, "grad_added_to_main_grad", False)
-        if (grad is None or main_grad is None or param not in self.param_to_bucket_group
-                or (added_before and not getattr(param, "zero_out_wgrad", False))
-                or not kernel_applies(main_grad, grad.data) or is_graph_capturing()):
-            return megatron_hook(*unused)
-        accumulate_(main_grad, grad.data)
-        zero_out = getattr(param, "zero_out_wgrad", None)
-        param.grad_added_to_main_grad = True
-        if zero_out is not None:
-            param.zero_out_wgrad = False
-        try:
-            megatron_hook(*unused)
-        finally:
-            param.grad_added_to_main_grad = added_before
-            if zero_out is not None:
-                param.zero_out_wgrad = zero_out
-        return None
-
-    return hook
-
-
-def check_grads_without_sync(self: Any, check_for_nan_or_inf: bool, check_for_large: bool) -> None:
-    """Megatron checks each bucket's local grad norm for NaN/Inf before its reduce-scatter, which
-    reads the norm on the host: one GPU sync per bucket in the middle of the backward, after which
-    the GPU idles until the host has queued the next kernels (10 syncs per step for the Qwen3
-    proxy). Here the norms are computed at the same point (before the collective, in stream order,
-    so they are the same local values) and judged when the bucket group's grad sync finishes,
-    with Megatron's own messages, still inside the forward-backward pass."""
-    norms = [bucket.grad_data.norm(p=2) for bucket in self.buckets]
-    self._benchlib_pending_grad_checks = (norms, check_for_nan_or_inf, check_for_large)
-
-
-def finish_grad_sync_then_validate(self: Any, *args: Any, **kwargs: Any) -> Any:
-    out = _original(_BUCKET_GROUP, "finish_grad_sync")(self, *args, **kwargs)
-    pending = getattr(self, "_benchlib_pending_grad_checks", None)
-    if pending is not None:
-        self._benchlib_pending_grad_checks = None
-        _validate_bucket_norms(*pending)
-    return out
-
-
-def _validate_bucket_norms(norms: list, check_for_nan_or_inf: bool, check_for_large: bool) -> None:
-    """Megatron's check_grads validation (megatron/core/distributed/param_and_grad_buffer.py,
-    0.19.2), on norms computed earlier."""
-    from functools import partial
-
-    import torch
-    from megatron.core.rerun_state_machine import get_rerun_state_machine
-
-    rerun_state_machine = get_rerun_state_machine()
-    where = "in backward pass before data-parallel communication collective"
-    for i, grad_norm in enumerate(norms):
-        if check_for_nan_or_inf:
-            rerun_state_machine.validate_result(
-                result=grad_norm, rejection_func=torch.isnan,
-                message=f"found NaN in local grad norm for bucket #{i} {where}", tolerance=0.001, fatal=True)
-            rerun_state_machine.validate_result(
-                result=grad_norm, rejection_func=torch.isinf,
-                message=f"found Inf in local grad norm for bucket #{i} {where}", tolerance=0.001, fatal=True)
-        if check_for_large:
-            rerun_state_machine.validate_result(
-                result=grad_norm,
-                rejection_func=partial(rerun_state_machine.is_unexpectedly_large, threshold=10, context="grads"),
-                message=f"found unexpected large grads in bucket #{i} {where}", tolerance=0.001, fatal=False)
