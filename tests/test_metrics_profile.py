@@ -1,7 +1,8 @@
 """benchlib.metrics.profile on a real torch.profiler trace (tests/fixtures/profile/README.md): two
 steps of the Qwen3-30B-A3B proxy at GBS 4 on one H200, as Megatron-Core 0.19.2 wrote it with
-PROFILE=torch. The figures are checked against plain readings of the same trace, not numbers
-written here."""
+PROFILE=torch, trimmed to the GPU events and syncs. What ended each idle gap is checked on a whole
+trace of the same proxy (tests/fixtures/planning/, with its CPU ops and launch calls; bench/trace_gaps.py's
+fixture). The figures are checked against plain readings of the same trace, not numbers written here."""
 from __future__ import annotations
 
 import gzip
@@ -12,22 +13,26 @@ from pathlib import Path
 import pytest
 
 from benchlib.metrics.collect import collect_run_dir, result_for
-from benchlib.metrics.profile import SYNC_CALLS, kernel_category, profile_for, trace_profile
+from benchlib.metrics.profile import (
+    MAX_CHAIN, SUMMARY_GAPS, SYNC_CALLS, gap_line, kernel_category, profile_for, short_gpu_name, summary_lines,
+    trace_profile)
 from benchlib.metrics.summary_text import format_summary
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RUN = FIXTURES / "profile" / "qwen3-proxy-gbs4"
 TRACE = RUN / "torch_profile" / "rank-0.json.gz"
 LOG = FIXTURES / "logs" / "h200x1_qwen3-30b-a3b-proxy_fastops_mbs4.log"
+# the whole trace (CPU ops, launch calls, correlations) of the proxy with FAST_OPTIMIZER, steps 6-7
+WHOLE_TRACE = FIXTURES / "planning" / "h200x1_qwen3-30b-a3b-proxy_gbs4_fast_optimizer_trace.json.gz"
 
 
-def _events() -> list[dict]:
-    with gzip.open(TRACE, "rt") as fh:
+def _events(path: Path = TRACE) -> list[dict]:
+    with gzip.open(path, "rt") as fh:
         return json.load(fh)["traceEvents"]
 
 
 def _steps(events: list[dict]) -> list[dict]:
-    return sorted((e for e in events if e["cat"] == "user_annotation" and e["name"].startswith("ProfilerStep#")),
+    return sorted((e for e in events if e.get("cat") == "user_annotation" and e["name"].startswith("ProfilerStep#")),
                   key=lambda e: e["ts"])
 
 
@@ -80,18 +85,164 @@ def test_overlapping_streams_count_once_in_busy_time_and_a_step_clips_what_spill
     trace = tmp_path / "rank-0.json.gz"
     trace.write_bytes(gzip.compress(json.dumps({"traceEvents": [
         event("user_annotation", "ProfilerStep#3", 1000, 1000, tid=1),
-        event("kernel", "nvjet_sm90_gemm", 1100, 400),  # 1100-1500
+        event("kernel", "nvjet_sm90_gemm", 1100, 400, args={"correlation": 11}),  # 1100-1500
         event("kernel", "_rope_kernel", 1300, 400, tid=20),  # 1300-1700, another stream: overlaps 200
         event("gpu_memcpy", "Memcpy DtoH (Device -> Pinned)", 1900, 300),  # spills 200 past the step's end
+        event("cuda_runtime", "cudaEventSynchronize", 1700, 10, tid=1),  # returned in the gap too: shorter
         event("cuda_runtime", "cudaStreamSynchronize", 1750, 150, tid=1),
-        event("cuda_runtime", "cudaLaunchKernel", 1100, 5, tid=1),
+        event("cuda_runtime", "cudaStreamSynchronize", 1600, 50, tid=1),  # returned while the GPU was busy
+        event("cuda_runtime", "cudaLaunchKernel", 1090, 5, tid=1, args={"correlation": 11}),
     ]}).encode()))
     (step,) = trace_profile(trace)["steps"]
     assert step["step"] == 3 and step["wall_ms"] == 1.0
     assert step["gpu_busy_ms"] == 0.7 and step["gpu_idle_ms"] == 0.3  # 1100-1700 and 1900-2000
     assert step["gpu_ms_by_category"] == {"gemm": 0.4, "triton": 0.4, "memcpy": 0.1}
-    assert step["largest_idle_gaps"] == [{"ms": 0.2, "at_ms": 0.7}, {"ms": 0.1, "at_ms": 0.0}]
-    assert step["host_syncs"] == {"count": 1, "by_call": {"cudaStreamSynchronize": 1}, "cpu_wait_ms": 0.15}
+    # the first gap: ended by a memcpy without a correlation, after the host's 150 us sync (the longest
+    # that returned in the gap; the 50 us one returned before it); the second: by a kernel whose
+    # cudaLaunchKernel no CPU op encloses
+    assert step["largest_idle_gaps"] == [
+        {"ms": 0.2, "at_ms": 0.7, "ended_by": {"gpu": "Memcpy DtoH (Device -> Pinned)", "launch": None, "cpu_ops": None},
+         "host_wait_ms": 0.15, "host_wait_call": "cudaStreamSynchronize"},
+        {"ms": 0.1, "at_ms": 0.0, "ended_by": {"gpu": "nvjet_sm90_gemm", "launch": "cudaLaunchKernel", "cpu_ops": []},
+         "host_wait_ms": None, "host_wait_call": None}]
+    assert step["host_syncs"] == {"count": 3, "by_call": {"cudaEventSynchronize": 1, "cudaStreamSynchronize": 2},
+                                  "cpu_wait_ms": 0.21}
+
+
+def test_a_gap_names_the_cpu_ops_around_the_launch_on_its_thread_and_the_trailing_gap_none(tmp_path: Path) -> None:
+    def event(cat: str, name: str, ts: float, dur: float, tid: int = 1, **extra) -> dict:
+        return {"ph": "X", "cat": cat, "name": name, "pid": 0, "tid": tid, "ts": ts, "dur": dur, **extra}
+
+    nested = [event("cpu_op", f"op{depth}", 1000 + depth, 300 - 2 * depth) for depth in range(MAX_CHAIN + 2)]
+    trace = tmp_path / "rank-0.json.gz"
+    trace.write_bytes(gzip.compress(json.dumps({"traceEvents": [
+        event("user_annotation", "ProfilerStep#5", 1000, 1000),
+        event("user_annotation", "Optimizer.step#AdamW.step", 1000, 300),  # encloses them all: outermost
+        *nested,
+        event("cpu_op", "aten::other_thread", 1000, 300, tid=2),  # same time, another thread: not in the chain
+        event("cpu_op", "aten::before", 1000, 100),  # ended before the launch
+        event("cuda_driver", "cuLaunchKernelEx", 1200, 10, args={"correlation": 5}),
+        event("kernel", "_adamw_kernel", 1400, 200, tid=7, args={"correlation": 5}),
+    ]}).encode()))
+    (step,) = trace_profile(trace)["steps"]
+    trailing, leading = step["largest_idle_gaps"]  # 1600-2000, then 1000-1400
+    assert (trailing["at_ms"], trailing["ms"], trailing["ended_by"]) == (0.6, 0.4, None)
+    assert leading["ended_by"]["launch"] == "cuLaunchKernelEx" and leading["ended_by"]["gpu"] == "_adamw_kernel"
+    chain = ["Optimizer.step#AdamW.step", *(e["name"] for e in nested)]
+    keep = (MAX_CHAIN - 1) // 2
+    assert leading["ended_by"]["cpu_ops"] == chain[:keep] + ["..."] + chain[-keep:]
+    assert len(leading["ended_by"]["cpu_ops"]) <= MAX_CHAIN
+
+
+@pytest.mark.parametrize(("name", "short"), [
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<char*, 1ul> >(int, "
+     "at::native::FillFunctor<float>, std::array<char*, 1ul>)", "vectorized_elementwise_kernel<4, FillFunctor<float>, ...>"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<float, float, float, "
+     "at::native::binary_internal::MulFunctor<float> >, std::array<char*, 3ul> >(int, at::native::BinaryFunctor<float, "
+     "float, float, at::native::binary_internal::MulFunctor<float> >, std::array<char*, 3ul>)",
+     "vectorized_elementwise_kernel<4, BinaryFunctor<...>, ...>"),
+    ("ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "ncclDevKernel_AllGather_RING_LL"),
+    ("_adamw_kernel", "_adamw_kernel"),
+    ("Memcpy DtoH (Device -> Pinned)", "Memcpy DtoH (Device -> Pinned)"),
+    ("_ZN7cutlass13device_kernelIN2at4cuda6detail25enable_3x_kernel_for_sm9xINS_4gemm6kernel13GemmUniversalIN",
+     "_ZN7cutlass13device_kernelIN2at4cuda6detail25enable_3x_ke..."),
+])
+def test_short_gpu_names(name: str, short: str) -> None:
+    assert short_gpu_name(name) == short
+
+
+@pytest.fixture(scope="module")
+def whole() -> tuple[list[dict], dict]:
+    return _events(WHOLE_TRACE), trace_profile(WHOLE_TRACE)
+
+
+def _launch_chain(events: list[dict], launch: dict) -> list[str]:
+    """A plain reading: the cpu_op / user_annotation events on the launch's thread whose span holds
+    the launch call, outermost first, ProfilerStep left out."""
+    around = [e for e in events if e.get("cat") in ("cpu_op", "user_annotation") and e.get("ph") == "X"
+              and e["tid"] == launch["tid"] and e["ts"] <= launch["ts"]
+              and e["ts"] + e["dur"] >= launch["ts"] + launch["dur"] and not e["name"].startswith("ProfilerStep#")]
+    return [e["name"] for e in sorted(around, key=lambda e: (e["ts"], -e["dur"]))]
+
+
+def test_every_gap_in_a_whole_trace_names_the_launch_and_cpu_ops_that_ended_it(whole) -> None:
+    events, profile = whole
+    gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    for got, raw in zip(profile["steps"], _steps(events)):
+        assert len(got["largest_idle_gaps"]) == 8
+        for gap in got["largest_idle_gaps"]:
+            end = raw["ts"] + (gap["at_ms"] + gap["ms"]) * 1000
+            if end >= raw["ts"] + raw["dur"] - 1:
+                assert gap["ended_by"] is None  # the step ended before the GPU's next work
+                continue
+            # the GPU event starting where the gap ends, read plainly (the gap's ms are rounded to 1 us)
+            ender = min((e for e in gpu if raw["ts"] <= e["ts"] < raw["ts"] + raw["dur"]), key=lambda e: abs(e["ts"] - end))
+            assert abs(ender["ts"] - end) < 1.5
+            launch = launches[ender["args"]["correlation"]]
+            assert gap["ended_by"]["gpu"] == short_gpu_name(ender["name"])
+            assert gap["ended_by"]["launch"] == launch["name"]
+            chain = _launch_chain(events, launch)
+            assert chain and len(gap["ended_by"]["cpu_ops"]) <= MAX_CHAIN
+            assert gap["ended_by"]["cpu_ops"][0] == chain[0] and gap["ended_by"]["cpu_ops"][-1] == chain[-1]
+
+
+def test_the_gap_before_the_optimizers_adamw_kernel_is_its_triton_launch_in_optimizer_step(whole) -> None:
+    _events_, profile = whole
+    for got in profile["steps"]:
+        (adamw,) = [g for g in got["largest_idle_gaps"] if g["ended_by"] and g["ended_by"]["gpu"] == "_adamw_kernel"]
+        # Triton launches through the driver API, not the runtime
+        assert adamw["ended_by"]["launch"] == "cuLaunchKernelEx"
+        assert adamw["ended_by"]["cpu_ops"][0].startswith("Optimizer.step#")
+        assert adamw["ms"] == max(g["ms"] for g in got["largest_idle_gaps"])  # the largest gap of the step
+
+
+def test_a_gap_after_a_long_sync_reports_the_hosts_wait(whole) -> None:
+    events, profile = whole
+    syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e["name"] in SYNC_CALLS]
+    for got, raw in zip(profile["steps"], _steps(events)):
+        for gap in got["largest_idle_gaps"]:
+            start = raw["ts"] + gap["at_ms"] * 1000
+            inside = [e for e in syncs if start - 1 <= e["ts"] + e["dur"] <= start + gap["ms"] * 1000 + 1]
+            if not inside:
+                assert gap["host_wait_ms"] is None and gap["host_wait_call"] is None
+                continue
+            longest = max(inside, key=lambda e: e["dur"])
+            assert gap["host_wait_ms"] == pytest.approx(longest["dur"] / 1000, abs=1e-3)
+            assert gap["host_wait_call"] == longest["name"]
+        # the step's longest sync (the host waiting for the backward to drain) returns into one of
+        # the largest gaps: the GPU sat idle while the host queued what came after it
+        in_step = [e for e in syncs if raw["ts"] <= e["ts"] < raw["ts"] + raw["dur"]]
+        longest = max(in_step, key=lambda e: e["dur"])
+        assert longest["dur"] > 10_000
+        assert any(g["host_wait_ms"] == pytest.approx(longest["dur"] / 1000, abs=1e-3)
+                   for g in got["largest_idle_gaps"])
+
+
+def test_a_trace_without_launch_events_leaves_the_launch_and_its_cpu_ops_null(profile: dict) -> None:
+    events = _events()
+    assert not any(e["cat"] in ("cpu_op", "cuda_driver") for e in events)  # the trimmed fixture
+    for got in profile["steps"]:
+        for gap in got["largest_idle_gaps"]:
+            if gap["ended_by"] is not None:
+                assert gap["ended_by"]["gpu"] and gap["ended_by"]["launch"] is None and gap["ended_by"]["cpu_ops"] is None
+        # the syncs are in the trimmed trace: the host's waits are still there
+        assert any(g["host_wait_ms"] for g in got["largest_idle_gaps"])
+
+
+def test_the_summary_prints_the_largest_gaps_with_what_ended_them(whole) -> None:
+    _events_, profile = whole
+    rows = dict(summary_lines({"ranks": {"0": profile}}))
+    gaps = profile["mean_per_step"]["largest_idle_gaps"]
+    assert [rows[f"idle gap {i}"] for i in range(1, SUMMARY_GAPS + 1)] == [gap_line(g) for g in gaps[:SUMMARY_GAPS]]
+    assert "idle gap 1" in rows and f"idle gap {SUMMARY_GAPS + 1}" not in rows
+    first = gaps[0]
+    assert rows["idle gap 1"] == (
+        f"{first['ms']:.2f} ms at +{first['at_ms']:.1f} ms of step {first['step']} -> _adamw_kernel "
+        f"[{' > '.join(first['ended_by']['cpu_ops'])}]; host waited {first['host_wait_ms']:.3f} ms in cudaStreamSynchronize")
+    # a result.json written before gaps had `ended_by` still prints
+    assert gap_line({"ms": 1.5, "at_ms": 2.25, "step": 7}) == "1.50 ms at +2.2 ms of step 7"
 
 
 def test_top_kernels_name_the_fast_optimizers_adamw_kernel(profile: dict) -> None:
@@ -155,6 +306,8 @@ def test_collect_puts_the_profile_into_result_json_and_prints_it(tmp_path: Path,
     mean = data["profile"]["ranks"]["0"]["mean_per_step"]
     assert f"busy {mean['gpu_busy_ms']:.1f} ms, idle {mean['gpu_idle_ms']:.1f} ms" in out
     assert "GPU time by kind" in out and "gemm" in out and "host syncs per step" in out
+    gap_rows = [line for line in out.splitlines() if line.startswith("idle gap ")]
+    assert gap_rows[0].split(None, 3)[3] == gap_line(mean["largest_idle_gaps"][0])
 
 
 def test_a_profile_run_without_its_trace_warns_where_it_looked(tmp_path: Path) -> None:

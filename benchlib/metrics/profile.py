@@ -7,6 +7,13 @@ union of their intervals over all streams), its idle gaps, the kernel time by ca
 top kernels. Host syncs are the CUDA runtime's synchronize calls made inside the window, with how
 long the CPU waited in them. Times in the trace are microseconds; the result is in ms.
 
+Each of the largest idle gaps says what the host was doing: `ended_by` names the GPU event that
+ended the gap and the CPU ops that launched it (the event's `args.correlation` leads to its
+`cuda_runtime` / `cuda_driver` launch call, whose enclosing `cpu_op` / `user_annotation` events on
+that thread are the chain); `host_wait_ms` is the longest synchronize call that returned inside
+the gap (the host waited for the GPU to drain, then had to queue new work). A trace without
+correlations or launch events (a trimmed or CPU-only one) leaves `launch` and `cpu_ops` null.
+
 Read with plain json/gzip: this runs on the login node (no torch).
 """
 from __future__ import annotations
@@ -27,7 +34,13 @@ STEP_CATEGORY = "user_annotation"  # the CPU-side annotation; 'gpu_user_annotati
 GPU_EVENT_CATEGORIES = {"kernel": None, "gpu_memcpy": "memcpy", "gpu_memset": "memset"}  # None: by kernel name
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize")
 TOP_KERNELS = 15
-TOP_GAPS = 5
+TOP_GAPS = 8
+SUMMARY_GAPS = 5  # the printed summary's gap lines
+LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")  # Triton launches through the driver (cuLaunchKernelEx)
+CPU_OP_CATEGORIES = ("cpu_op", "user_annotation")
+MAX_CHAIN = 5  # CPU op names kept per gap: the outermost two and the innermost two around "..."
+CHAIN_ELISION = "..."
+GPU_NAME_CHARS = 60
 
 # Kernel categories: first match wins, matched against the lower-cased kernel name.
 LIBRARY_CATEGORIES = [
@@ -129,26 +142,129 @@ def _ms(us: float) -> float:
     return round(us / 1000.0, 3)
 
 
-def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One step's figures: the GPU's work inside the step's wall window, and the host syncs made in it."""
+_QUALIFIER = re.compile(r"(?:\(anonymous namespace\)|[A-Za-z_][A-Za-z0-9_]*)::")
+
+
+def short_gpu_name(name: str) -> str:
+    """A GPU event's name for one line: without `void`, the parameter list and namespace qualifiers
+    (`void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<...> >(int, ...)`
+    -> `vectorized_elementwise_kernel<4, FillFunctor<float>, ...>`), at most about GPU_NAME_CHARS.
+    Memcpy / Memset names (`Memcpy DtoH (Device -> Pinned)`) are kept whole."""
+    if name.startswith(("Memcpy", "Memset")):
+        return name
+    text = name[len("void "):] if name.startswith("void ") else name
+    if text.endswith(")"):  # drop the trailing parameter list, matching its parentheses
+        depth = 0
+        for i in range(len(text) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(text[i], 0)
+            if depth == 0:
+                text = text[:i] if i > 0 else text
+                break
+    text = _QUALIFIER.sub("", text).strip()
+    if len(text) <= GPU_NAME_CHARS:
+        return text
+    # too long: keep the template's leading arguments that fit (the functor, say), then "...>"; an
+    # argument that does not fit whole goes by its template's name (`BinaryFunctor<...>`)
+    open_at = text.find("<")
+    if 0 < open_at < GPU_NAME_CHARS - 5:
+        kept, depth, arg_start = text[:open_at + 1], 0, open_at + 1
+        for i in range(open_at + 1, len(text)):
+            depth += {"<": 1, ">": -1}.get(text[i], 0)
+            if depth < 0 or (depth == 0 and text[i] == ","):  # the template's end, or one argument's
+                arg = text[arg_start:i].strip()
+                if len(kept) + len(arg) + len(", ...>") > GPU_NAME_CHARS:
+                    head = arg.split("<", 1)[0] + "<...>"  # a long argument by its own template's name
+                    if "<" in arg and len(kept) + len(head) + len(", ...>") <= GPU_NAME_CHARS:
+                        kept += ("" if kept.endswith("<") else ", ") + head
+                    break
+                kept += ("" if kept.endswith("<") else ", ") + arg
+                arg_start = i + 1
+                if depth < 0:
+                    return kept + ">"
+        return kept + ("...>" if kept.endswith("<") else ", ...>")
+    return text[:GPU_NAME_CHARS - 3] + "..."
+
+
+class _HostIndex:
+    """The trace's host side, for what launched a GPU event: launch calls by correlation and each
+    thread's CPU ops (`cpu_op`, `user_annotation`) sorted by start."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.launches: dict[Any, dict[str, Any]] = {}
+        ops: dict[Any, list[tuple[float, float, str]]] = {}
+        for e in events:
+            cat = e.get("cat")
+            if cat in LAUNCH_CATEGORIES:
+                corr = (e.get("args") or {}).get("correlation")
+                if corr is not None and "ts" in e:
+                    self.launches.setdefault(corr, e)
+            elif cat in CPU_OP_CATEGORIES and e.get("ph") == "X" and "ts" in e and "dur" in e:
+                name = str(e.get("name", "?"))
+                if not name.startswith(STEP_PREFIX):
+                    ops.setdefault(e.get("tid"), []).append((float(e["ts"]), float(e["ts"]) + float(e["dur"]), name))
+        # outermost first: earlier start, then the longer of two starting together
+        self.ops = {tid: sorted(rows, key=lambda r: (r[0], -r[1])) for tid, rows in ops.items()}
+
+    def launch_of(self, gpu_event: dict[str, Any]) -> dict[str, Any] | None:
+        corr = (gpu_event.get("args") or {}).get("correlation")
+        return None if corr is None else self.launches.get(corr)
+
+    def chain(self, launch: dict[str, Any]) -> list[str]:
+        """The CPU ops on the launch's thread that enclose the launch call, outermost first; at most
+        MAX_CHAIN names (the outermost and innermost kept around CHAIN_ELISION)."""
+        start = float(launch["ts"])
+        end = start + float(launch.get("dur", 0.0))
+        names = [name for op_start, op_end, name in self.ops.get(launch.get("tid"), ())
+                 if op_start <= start and op_end >= end]
+        if len(names) > MAX_CHAIN:
+            keep = (MAX_CHAIN - 1) // 2
+            names = names[:keep] + [CHAIN_ELISION] + names[-keep:]
+        return names
+
+
+def _ended_by(event: dict[str, Any], host: _HostIndex) -> dict[str, Any]:
+    """The GPU event that ended a gap, its launch call and the CPU ops around that call (None where
+    the trace has no launch for it)."""
+    launch = host.launch_of(event)
+    return {"gpu": short_gpu_name(str(event.get("name", "?"))),
+            "launch": None if launch is None else str(launch.get("name", "?")),
+            "cpu_ops": None if launch is None else host.chain(launch)}
+
+
+def _host_wait(gap_start: float, gap_end: float, syncs: list[dict[str, Any]]) -> tuple[float | None, str | None]:
+    """The longest synchronize call that returned inside the gap: (its duration in ms, its name)."""
+    inside = [e for e in syncs if gap_start <= float(e["ts"]) + float(e.get("dur", 0.0)) <= gap_end]
+    if not inside:
+        return None, None
+    longest = max(inside, key=lambda e: float(e.get("dur", 0.0)))
+    return _ms(float(longest.get("dur", 0.0))), str(longest["name"])
+
+
+def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: list[dict[str, Any]],
+                 host: _HostIndex | None = None) -> dict[str, Any]:
+    """One step's figures: the GPU's work inside the step's wall window, and the host syncs made in
+    it; each of the largest idle gaps with what ended it and the host's wait before it."""
+    host = host if host is not None else _HostIndex([])  # without the host side: launch and cpu_ops null
     t0 = float(step["ts"])
     t1 = t0 + float(step["dur"])
     spans: list[_Span] = []
+    first_at: dict[float, dict[str, Any]] = {}  # clipped start -> the GPU event starting there first
     for ev in gpu_events:
         start, end = float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0))
         if end <= t0 or start >= t1:
             continue
         spans.append(_Span(max(start, t0), min(end, t1), str(ev.get("name", "?")), gpu_event_category(ev), start >= t0))
+        first_at.setdefault(max(start, t0), ev)
     busy = _union([(s.start, s.end) for s in spans])
     busy_us = sum(end - start for start, end in busy)
-    gaps: list[tuple[float, float]] = []  # (length, offset from the step's start), us
+    gaps: list[tuple[float, float, float, float]] = []  # (length, offset from the step's start, start, end), us
     cursor = t0
     for start, end in busy:
         if start > cursor:
-            gaps.append((start - cursor, cursor - t0))
+            gaps.append((start - cursor, cursor - t0, cursor, start))
         cursor = max(cursor, end)
     if t1 > cursor:
-        gaps.append((t1 - cursor, cursor - t0))
+        gaps.append((t1 - cursor, cursor - t0, cursor, t1))
     by_category: dict[str, float] = {}
     kernels: dict[str, list[Any]] = {}  # name -> [us, calls, category]
     for s in spans:
@@ -165,11 +281,23 @@ def step_profile(step: dict[str, Any], gpu_events: list[dict[str, Any]], syncs: 
         "wall_ms": _ms(t1 - t0),
         "gpu_busy_ms": _ms(busy_us),
         "gpu_idle_ms": _ms((t1 - t0) - busy_us),
-        "largest_idle_gaps": [{"ms": _ms(length), "at_ms": _ms(offset)} for length, offset in sorted(gaps, reverse=True)[:TOP_GAPS]],
+        "largest_idle_gaps": [_gap(*gap, first_at, syncs, host)
+                              for gap in sorted(gaps, reverse=True)[:TOP_GAPS]],
         "gpu_ms_by_category": {c: _ms(us) for c, us in sorted(by_category.items(), key=lambda kv: -kv[1])},
         "kernels": {name: {"ms": v[0] / 1000.0, "calls": v[1], "category": v[2]} for name, v in kernels.items()},
         "host_syncs": {"count": len(in_step), "by_call": by_call, "cpu_wait_ms": _ms(sum(float(e.get("dur", 0.0)) for e in in_step))},
     }
+
+
+def _gap(length: float, offset: float, start: float, end: float, first_at: dict[float, dict[str, Any]],
+         syncs: list[dict[str, Any]], host: _HostIndex) -> dict[str, Any]:
+    """One idle gap (us) with what ended it (None for the step's trailing gap: the step ended
+    first) and the host's wait in a sync before it."""
+    ender = first_at.get(end)
+    wait_ms, wait_call = _host_wait(start, end, syncs)
+    return {"ms": _ms(length), "at_ms": _ms(offset),
+            "ended_by": None if ender is None else _ended_by(ender, host),
+            "host_wait_ms": wait_ms, "host_wait_call": wait_call}
 
 
 def _mean_over_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,7 +341,8 @@ def trace_profile(path: Path) -> dict[str, Any]:
     gpu_events = [e for e in events if e.get("cat") in GPU_EVENT_CATEGORIES and "ts" in e]
     syncs = [e for e in events if e.get("cat") == "cuda_runtime" and e.get("name") in SYNC_CALLS and "ts" in e]
     try:
-        per_step = [step_profile(s, gpu_events, syncs) for s in steps]
+        host = _HostIndex(events)
+        per_step = [step_profile(s, gpu_events, syncs, host) for s in steps]
     except (KeyError, TypeError, ValueError) as err:  # an event without a number where the format has one
         raise TraceError(f"malformed event ({type(err).__name__}: {err})") from None
     mean = _mean_over_steps(per_step)
@@ -252,22 +381,39 @@ def profile_for(run_dir: Path, *, profile_knob: str | None = None) -> tuple[dict
     }, warnings
 
 
+def gap_line(gap: dict[str, Any]) -> str:
+    """One idle gap in a line: where, what ended it, the CPU ops that launched that, the host's sync
+    before it. `ended_by` / `host_wait_ms` may be missing (a result written before they existed)."""
+    where = f" of step {gap['step']}" if "step" in gap else ""
+    text = f"{gap['ms']:.2f} ms at +{gap['at_ms']:.1f} ms{where}"
+    ended_by = gap.get("ended_by")
+    if ended_by:
+        text += f" -> {ended_by['gpu']}"
+        if ended_by.get("cpu_ops"):
+            text += f" [{' > '.join(ended_by['cpu_ops'])}]"
+    elif "ended_by" in gap:
+        text += " -> the step's end"
+    if gap.get("host_wait_ms") is not None:
+        text += f"; host waited {gap['host_wait_ms']:.3f} ms in {gap['host_wait_call']}"
+    return text
+
+
 def summary_lines(profile: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """Rows for the printed summary: the first profiled rank's busy/idle per step and its top categories."""
+    """Rows for the printed summary: the first profiled rank's busy/idle per step, its top
+    categories, its syncs and its largest idle gaps (one line each)."""
     if not profile or not profile.get("ranks"):
         return []
     rank, data = next(iter(profile["ranks"].items()))
     m = data["mean_per_step"]
     share = f" ({m['gpu_busy_share'] * 100:.0f}% busy)" if m["gpu_busy_share"] is not None else ""
-    gap = m["largest_idle_gaps"][0] if m["largest_idle_gaps"] else None
-    gap_text = f"; largest gap {gap['ms']:.1f} ms at +{gap['at_ms']:.1f} ms of step {gap['step']}" if gap else ""
     busy = m["gpu_busy_ms"] or 0.0
     cats = ", ".join(f"{c} {ms:.1f} ms ({ms / busy * 100:.0f}%)" if busy else f"{c} {ms:.1f} ms"
                      for c, ms in list(m["gpu_ms_by_category"].items())[:4])
     return [
         (f"GPU per step (rank {rank})",
          f"wall {m['wall_ms']:.1f} ms, busy {busy:.1f} ms, idle {m['gpu_idle_ms']:.1f} ms{share} over "
-         f"{len(data['steps'])} profiled step(s){gap_text}"),
+         f"{len(data['steps'])} profiled step(s)"),
         ("GPU time by kind", cats or "-"),
         ("host syncs per step", f"{m['host_syncs']:g}, CPU waited {m['host_sync_cpu_wait_ms']:.1f} ms"),
+        *((f"idle gap {i}", gap_line(gap)) for i, gap in enumerate(m["largest_idle_gaps"][:SUMMARY_GAPS], 1)),
     ]
