@@ -326,7 +326,25 @@ def run_peer(scenario: Scenario, record: Mapping[str, Any], timeout_s: int,
             peer[f"suite_ratio_vs_{name}"] = suite / theirs
     losses = [x for x in record.get("losses") or [] if x is not None]
     peer["suite_last_loss"] = losses[-1] if losses else None
+    peer.update(loss_comparison(str(knobs.get("DATA") or scenario.knobs.get("DATA", "mock"))))
     return peer
+
+
+# torchtitan's harness trains on uniform random ids over the vocabulary (SyntheticTokens in
+# /work/shared/peers/torchtitan/tt022/peer_qwen3moe.py): the suite's DATA=random is that distribution
+PEER_DATA = "uniform random token ids over the vocabulary"
+
+
+def loss_comparison(suite_data: str) -> dict[str, Any]:
+    """Whether the suite's last loss and the peer's compare: only when both trained on the same data."""
+    if suite_data == "random":
+        why = f"same data distribution: the suite (DATA=random) and torchtitan both train on {PEER_DATA}"
+    else:
+        what = "Megatron's mock documents 1, 2, 3, ..., which the model learns" if suite_data == "mock" else "its data"
+        why = (f"not comparable: the suite trained on DATA={suite_data} ({what}), torchtitan on {PEER_DATA}; "
+               "run with DATA=random to compare losses")
+    return {"suite_data": suite_data, "peer_data": PEER_DATA, "losses_comparable": suite_data == "random",
+            "losses_note": why}
 
 
 def run_check(scenario: Scenario, *, environ: Mapping[str, str], timeout_s: int,

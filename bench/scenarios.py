@@ -45,6 +45,9 @@ class Scenario:
 QWEN = "Qwen3-30B-A3B-Proxy"
 DSV2 = "DeepSeek-V2-Lite-Proxy"
 LOCAL_BASELINE_ITERS = {"TRAIN_ITERS": "10"}  # the local spec is 2-4x slower: fewer iterations suffice
+# beside torchtitan: its data (uniform random ids, SyntheticTokens in the harness), not Megatron's
+# learnable mock documents, so the losses compare and the routing sees the same kind of tokens
+PEER_DATA = {"DATA": "random"}
 
 
 def _scenarios() -> dict[str, Scenario]:
@@ -60,17 +63,20 @@ def _scenarios() -> dict[str, Scenario]:
                  QWEN, 1, {"REPEATS": "5", "TRAIN_ITERS": "30"}),
         Scenario("qwen3-30b-a3b-proxy_vs_torchtitan_gbs4",
                  "Qwen3-30B-A3B proxy on 1 GPU at MBS 4, GBS 4 (no accumulation: the per-iteration overhead shows), "
-                 "beside torchtitan 0.2.2 eager and compiled on the same shapes in the same sitting",
-                 QWEN, 1, {"MBS": "4", "GBS": "4", "TRAIN_ITERS": "60"}, peer_gbs=4),
+                 "beside torchtitan 0.2.2 eager and compiled on the same shapes in the same sitting; both sides on "
+                 "uniform random token ids (DATA=random, as torchtitan's synthetic loader), so the losses compare",
+                 QWEN, 1, {"MBS": "4", "GBS": "4", "TRAIN_ITERS": "60", **PEER_DATA}, peer_gbs=4),
         Scenario("qwen3-30b-a3b-proxy_vs_torchtitan_gbs32",
                  "Qwen3-30B-A3B proxy on 1 GPU at MBS 4, GBS 32 (8 accumulation steps), beside torchtitan 0.2.2 "
-                 "eager and compiled on the same shapes in the same sitting",
-                 QWEN, 1, {"MBS": "4", "GBS": "32", "TRAIN_ITERS": "30"}, peer_gbs=32),
+                 "eager and compiled on the same shapes in the same sitting; both sides on uniform random token ids "
+                 "(DATA=random, as torchtitan's synthetic loader), so the losses compare",
+                 QWEN, 1, {"MBS": "4", "GBS": "32", "TRAIN_ITERS": "30", **PEER_DATA}, peer_gbs=32),
         Scenario("qwen3-30b-a3b-proxy_8l_mbs8_vs_torchtitan_gbs32",
                  "Qwen3-30B-A3B proxy with 8 layers at its best fitting MBS (8), GBS 32, beside torchtitan 0.2.2 "
                  "eager and compiled with 8 layers (bench/peers/peer_flavors.py) at its harness's local batch 4, "
-                 "GBS 32, in the same sitting",
-                 QWEN, 1, {"NUM_LAYERS": "8", "MBS": "8", "GBS": "32", "TRAIN_ITERS": "20"}, peer_gbs=32),
+                 "GBS 32, in the same sitting; both sides on uniform random token ids (DATA=random, as torchtitan's "
+                 "synthetic loader), so the losses compare",
+                 QWEN, 1, {"NUM_LAYERS": "8", "MBS": "8", "GBS": "32", "TRAIN_ITERS": "20", **PEER_DATA}, peer_gbs=32),
         Scenario("qwen3-30b-a3b-proxy_8l_mbs8",
                  "Qwen3-30B-A3B proxy with 8 layers at MBS 8 (the fastest layout that fits one H200; the memory "
                  "check must accept it without MEM_CHECK=0)",

@@ -87,7 +87,8 @@ def test_run_reports_a_variant_that_wrote_no_log(peer, tmp_path):
 
 def test_a_peer_scenario_records_the_suite_as_a_ratio_of_each_variant(tmp_path, monkeypatch):
     """bench.runner.run_peer: torchtitan runs after the suite's run at the scenario's batch, and the
-    record holds tokens/s/GPU ratios against both variants and the suite's last loss."""
+    record holds tokens/s/GPU ratios against both variants, the suite's last loss and whether it
+    compares with torchtitan's (the same data on both sides)."""
     from bench.peers import torchtitan
     from bench.runner import run_peer
     from bench.scenarios import get_scenario
@@ -105,6 +106,16 @@ def test_a_peer_scenario_records_the_suite_as_a_ratio_of_each_variant(tmp_path, 
     assert peer["suite_ratio_vs_compiled"] == pytest.approx(97_254 / 77_803)
     assert peer["suite_ratio_vs_eager"] == pytest.approx(97_254 / 60_062)
     assert peer["suite_last_loss"] == 9.5
+    # the scenario trains on torchtitan's data (DATA=random): the two last losses compare
+    assert scenario.knobs["DATA"] == "random"
+    assert peer["suite_data"] == "random" and peer["losses_comparable"] is True
+    assert peer["losses_note"].startswith("same data distribution")
+    # the run's own knobs say what it trained on: a mock run (e.g. `bench run NAME DATA=mock`) does not compare
+    mock = run_peer(scenario, {"tokens_per_s_per_gpu": 97_254.0, "losses": [12.1, 0.2], "knobs": {"DATA": "mock"}},
+                    timeout_s=60)
+    assert mock["suite_data"] == "mock" and mock["losses_comparable"] is False
+    assert mock["losses_note"].startswith("not comparable: the suite trained on DATA=mock (Megatron's mock documents")
+    assert "run with DATA=random" in mock["losses_note"]
 
 
 def test_run_with_other_layer_counts_uses_the_flavor_module(peer, tmp_path):

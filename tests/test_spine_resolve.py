@@ -202,6 +202,38 @@ def test_real_data_needs_paths(clean_env):
     assert "--mock-data" not in run.flags
 
 
+def test_random_data_is_mock_data_for_megatron_and_the_knob_for_the_driver(clean_env):
+    """DATA=random renders Megatron's --mock-data and NullTokenizer, as mock does; the rank tells them
+    apart by DATA in its environment, rendered for every choice (a shell's DATA must not stand in)."""
+    env = {**clean_env, "MODEL": PROXY}
+    mock = resolve(env, "CLUSTER=local")
+    random = resolve(env, "CLUSTER=local", "DATA=random")
+    assert random.flags["--mock-data"] is True and random.flags["--tokenizer-type"] == "NullTokenizer"
+    assert "--data-path" not in random.flags
+    assert random.megatron_args == mock.megatron_args  # Megatron sees the same argv
+    assert random.env["DATA"] == "random" and random.provenance["DATA"] == "arguments"
+    assert mock.env["DATA"] == "mock"
+    # the argument wins over a DATA in the environment, on the rank too
+    assert resolve({**env, "DATA": "random"}, "CLUSTER=local", "DATA=mock").env["DATA"] == "mock"
+    real = resolve({**env, "DATA_PATH": "/d/text_document", "TOKENIZER_MODEL": "/tok"}, "CLUSTER=local", "DATA=real")
+    assert real.env["DATA"] == "real"
+    with pytest.raises(BenchError, match="DATA='synthetic'.*not one of: mock, random, real"):
+        resolve(env, "CLUSTER=local", "DATA=synthetic")
+
+
+def test_random_data_needs_benchlibs_driver(clean_env):
+    """Megatron's pretrain_gpt.py knows only its MockGPTDataset: it would train on mock data unannounced."""
+    env = {**clean_env, "MODEL": PROXY, "DATA": "random"}
+    with pytest.raises(BenchError, match="DATA=random is benchlib's driver's dataset; ENTRY=pretrain_gpt") as err:
+        resolve(env, "CLUSTER=local", "ENTRY=pretrain_gpt", "MEGATRON_PATH=/opt/megatron-lm")
+    assert "ENTRY=driver" in err.value.hint
+    with pytest.raises(BenchError, match=r"ENTRY=auto runs Megatron's pretrain_gpt.py \(MEGATRON_PATH=/opt/megatron-lm\)"):
+        resolve(env, "CLUSTER=local", "MEGATRON_PATH=/opt/megatron-lm")
+    run = resolve(env, "CLUSTER=local", "ENTRY=driver", "MEGATRON_PATH=/opt/megatron-lm")
+    assert run.env["DATA"] == "random"
+    assert resolve({**env, "DATA": "mock"}, "CLUSTER=local", "MEGATRON_PATH=/opt/megatron-lm").env["DATA"] == "mock"
+
+
 def test_pretrain_0_needs_load_path(clean_env):
     with pytest.raises(BenchError, match="PRETRAIN=0 needs LOAD_PATH"):
         resolve({**clean_env, "MODEL": PROXY, "PRETRAIN": "0"}, "CLUSTER=local")

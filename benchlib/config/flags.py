@@ -99,17 +99,29 @@ def _optimizer_flags(k: Knobs) -> FlagList:
     return [("--optimizer-cpu-offload", True), ("--overlap-cpu-optimizer-d2h-h2d", True), ("--use-precision-aware-optimizer", True)]
 
 
+# Data choices that are Megatron's --mock-data for argv purposes; the driver tells them apart by
+# the DATA knob in every rank's environment (data_env): Megatron's parser has no flag for it.
+MOCK_DATA_CHOICES = ("mock", "random")
+DATA_ENV = "DATA"
+
+
 def _data_flags(k: Knobs, cluster: ClusterConfig, data_path: str, tokenizer: str) -> FlagList:
-    if k.DATA == "mock":
+    if k.DATA in MOCK_DATA_CHOICES:
         return [("--mock-data", True), ("--tokenizer-type", "NullTokenizer")]
     missing = [name for name, value in (("DATA_PATH", data_path), ("TOKENIZER_MODEL", tokenizer)) if not value]
     if missing:
         raise BenchError(
             f"DATA=real needs {' and '.join(missing)} for model {k.MODEL} in cluster {cluster.NAME}",
             hint=f"set them in a [{k.MODEL}] section of cluster_configs/benchmarking/{cluster.NAME}.conf, "
-            "pass them as KEY=VALUE, or use DATA=mock",
+            "pass them as KEY=VALUE, or use DATA=mock or DATA=random",
         )
     return [("--data-path", data_path), ("--tokenizer-type", "HuggingFaceTokenizer"), ("--tokenizer-model", tokenizer), ("--split", RUN_SPLIT)]
+
+
+def data_env(k: Knobs) -> dict[str, str]:
+    """The DATA knob under its own name on every rank (benchlib/megatron/driver/train.py reads it), always
+    rendered: a DATA inherited from the submitting shell must not reach the rank unless it is the run's."""
+    return {DATA_ENV: k.DATA}
 
 
 def _checkpoint_flags(k: Knobs, cluster: ClusterConfig, load_path: str) -> FlagList:

@@ -111,7 +111,16 @@ class Knobs:
         "",
     )
     # --- data and checkpoints ------------------------------------------------------
-    DATA: str = knob("mock (synthetic tokens) or real (the cluster's DATA_PATH and TOKENIZER_MODEL).", "mock", ("mock", "real"))
+    DATA: str = knob(
+        "mock: Megatron's MockGPTDataset, documents 1, 2, 3, ... then EOD (the model learns them: its loss falls "
+        "towards 0 within tens of steps and MoE routing specializes with it). random: uniform random token ids over "
+        "the vocabulary, as torchtitan's synthetic loader feeds its model (benchlib/megatron/random_tokens.py): "
+        "nothing to learn, the loss stays near ln(vocab); the data for comparing step time and loss with that peer. "
+        "Both are Megatron's --mock-data with NullTokenizer; random needs benchlib's driver (not pretrain_gpt.py). "
+        "real: the cluster's DATA_PATH and TOKENIZER_MODEL.",
+        "mock",
+        ("mock", "random", "real"),
+    )
     PRETRAIN: bool = knob("1: train from scratch; 0: load the cluster's LOAD_PATH.", True)
     # --- job -----------------------------------------------------------------------
     RUN_TIME: str = knob("Slurm time limit, HH:MM:SS or D-HH:MM:SS (above zero, within the partition's limit).", "00:30:00")

@@ -229,6 +229,11 @@ def resolve_run(
         raise BenchError("ENTRY=command needs ENTRY_COMMAND", hint="e.g. ENTRY_COMMAND='python3 my_step.py'")
     if knobs.ENTRY == "pretrain_gpt" and not cluster.MEGATRON_PATH:
         raise BenchError("ENTRY=pretrain_gpt needs MEGATRON_PATH", hint="set MEGATRON_PATH in the cluster conf, or use ENTRY=driver")
+    if knobs.DATA == "random" and (knobs.ENTRY == "pretrain_gpt" or (knobs.ENTRY == "auto" and cluster.MEGATRON_PATH)):
+        # Megatron's pretrain_gpt.py knows only its MockGPTDataset: it would train on mock data unannounced
+        raise BenchError(f"DATA=random is benchlib's driver's dataset; ENTRY={knobs.ENTRY} runs Megatron's pretrain_gpt.py"
+                         + (f" (MEGATRON_PATH={cluster.MEGATRON_PATH})" if knobs.ENTRY == "auto" else ""),
+                         hint="set ENTRY=driver, or use DATA=mock with pretrain_gpt.py")
 
     if knobs.BASELINE:
         baseline = Path(knobs.BASELINE).expanduser().resolve()
@@ -248,7 +253,7 @@ def resolve_run(
         data_path=cluster.DATA_PATH, tokenizer=cluster.TOKENIZER_MODEL, load_path=cluster.LOAD_PATH,
     )
     tokens = F.to_tokens(model_flags.items()) + F.to_tokens(backend.flags) + F.to_tokens(derived) + list(extra)
-    env = {**model.env_vars, **backend.env}
+    env = {**model.env_vars, **backend.env, **F.data_env(knobs)}
     if knobs.A2A_OVERLAP and knobs.TP == 1 and knobs.CP == 1:
         # the all-to-all runs on its own stream beside the other micro-batch's compute; one
         # hardware queue (CUDA_DEVICE_MAX_CONNECTIONS=1, for TP/CP overlap) would serialise them

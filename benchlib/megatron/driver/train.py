@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, Mapping, NoReturn
 
 from benchlib.core.errors import BenchError
 from benchlib.megatron.driver.argv import check_runnable, te_importable
@@ -115,18 +115,43 @@ def dataset_config(args: Any) -> Any:
     )
 
 
+def data_choice(mock_data: bool, environ: Mapping[str, str] | None = None) -> str:
+    """mock, random or real: --mock-data from the argv, random from the DATA knob the launch renders
+    into every rank's environment (Megatron's parser has no flag for it; benchlib/config/flags.py)."""
+    from benchlib.config.flags import DATA_ENV
+
+    knob = (os.environ if environ is None else environ).get(DATA_ENV, "")
+    if not mock_data:
+        if knob == "random":
+            raise BenchError(
+                f"{DATA_ENV}=random but the arguments read real data (--data-path, no --mock-data)",
+                hint="drop the --data-path extra argument, or run with DATA=real",
+            )
+        return "real"
+    return "random" if knob == "random" else "mock"
+
+
 def datasets_provider(train_val_test_num_samples: list[int], vp_stage: int | None = None) -> tuple:
-    """Mock tokens (--mock-data) or Megatron indexed data (--data-path), through Megatron's builder."""
+    """Mock tokens (--mock-data), uniform random tokens (--mock-data with DATA=random: benchlib/megatron/
+    random_tokens.py) or Megatron indexed data (--data-path), through Megatron's builder."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, MockGPTDataset
     from megatron.training import get_args, print_rank_0
 
     args = get_args()
-    cls = MockGPTDataset if args.mock_data else GPTDataset
-    print_rank_0(f"> building {'mock' if args.mock_data else 'indexed'} GPT datasets ...")
-    return BlendedMegatronDatasetBuilder(
-        cls, train_val_test_num_samples, lambda: True, dataset_config(args)
-    ).build()
+    config = dataset_config(args)
+    choice = data_choice(args.mock_data)
+    if choice == "random":
+        from benchlib.megatron.random_tokens import RandomTokensGPTDataset, low_level_dataset
+
+        cls = RandomTokensGPTDataset
+        docs = low_level_dataset(config.tokenizer, config.random_seed)
+        ids = f"[0, {docs.vocab_size})" + (f" without EOD {docs.eod}" if docs.excludes_eod else "")
+        print_rank_0(f"> building random-token GPT datasets (uniform ids in {ids}, seed {docs.seed}) ...")
+    else:
+        cls = MockGPTDataset if choice == "mock" else GPTDataset
+        print_rank_0(f"> building {'mock' if choice == 'mock' else 'indexed'} GPT datasets ...")
+    return BlendedMegatronDatasetBuilder(cls, train_val_test_num_samples, lambda: True, config).build()
 
 
 def get_batch(data_iterator: Any, vp_stage: int | None = None) -> tuple:

@@ -15,6 +15,7 @@ note() { printf '[bench %s] %s\n' "$(date -u +%FT%TZ)" "$*" | tee -a "$LOG" >&2;
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export COMPILE=0
 export CUDA_DEVICE_MAX_CONNECTIONS=1
+export DATA=mock
 export FAST_OPS=1
 export FAST_OPTIMIZER=1
 export NCCL_NVLS_ENABLE=0

@@ -14,6 +14,7 @@ note() { printf '[bench %s] %s\n' "$(date -u +%FT%TZ)" "$*" | tee -a "$LOG" >&2;
 
 export PYTHONPATH="$SUITE_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export CUDA_DEVICE_MAX_CONNECTIONS=1
+export DATA=mock
 export NCCL_NVLS_ENABLE=0
 export NVTE_ALLOW_NONDETERMINISTIC_ALGO=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
