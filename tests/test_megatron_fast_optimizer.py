@@ -398,3 +398,21 @@ def test_step_stats_over_one_rank_are_the_value_itself(monkeypatch):
     assert step_stats.reduce_max_stat_across_model_parallel_group(0.1, group=two) == 7.0
     assert step_stats.logical_and_across_model_parallel_group(True, group=two) is False
     assert seen == [("max", 0.1, two), ("and", True, two)]
+
+
+def test_rerun_reduce_any_over_a_world_of_one(monkeypatch):
+    """The rerun state machine's 'does any rank want a rerun' over a world of one process: the
+    value itself (Megatron's int32 tensor > 0), a tuple for a list; Megatron's own over more."""
+    import types
+
+    from benchlib.megatron import step_stats
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 1)
+    assert step_stats.reduce_any(None, False) is False and step_stats.reduce_any(None, True) is True
+    assert step_stats.reduce_any(None, [True, False, True]) == (True, False, True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    seen = []
+    monkeypatch.setattr("megatron.core.rerun_state_machine.RerunStateMachine._reduce_any",
+                        lambda self, value: seen.append(value) or "megatron's")
+    assert step_stats.reduce_any(types.SimpleNamespace(), [False]) == "megatron's" and seen == [[False]]

@@ -16,7 +16,7 @@ optimizer copies its fp32 main shards into the bf16 parameter buffer one `copy_`
 | clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl | `torch._foreach_mul_` / `_foreach_copy_` | - |
 | optimizer._multi_tensor_copy_this_to_that | `torch._foreach_copy_` (casts fp32 -> bf16 as `copy_` does) | - |
 | DistributedOptimizer._copy_main_params_to_model_params | nothing when the step just wrote those bf16 params; else one `torch._foreach_copy_` into the parameter buffer (and the step writes them from then on) | Megatron-FSDP, precision-aware optimizer, fp8/fp4 param gather, stub optimizers |
-| megatron.training.training: logical_and_ / reduce_max_stat_across_model_parallel_group | step_stats.py: the value itself, on the host, over a group of one rank (no device round trip per step) | groups of more ranks |
+| megatron.training.training: logical_and_ / reduce_max_stat_across_model_parallel_group; RerunStateMachine._reduce_any | step_stats.py: the value itself, on the host, over a group of one rank (no device round trip per step) | groups of more ranks |
 | DistributedDataParallel (constructor, backward hook, finish_grad_sync), _ParamAndGradBuffer.reset, _ParamAndGradBucketGroup (reset, start_grad_sync, check_grads) | fast_grads.py: no zeroing of the gradient buffer (an iteration's first write copies), `main_grad += grad` as one vectorised kernel (grad_accumulate.py) that also adds the squares for the per-bucket NaN/Inf check, judged with one host sync when the grad sync finishes | grads TE already added, non-contiguous or CPU tensors, CUDA-graph capture; Megatron's zeroing where something else writes main_grad in the backward |
 
 The arithmetic is the same as Megatron's (the norm is the 2-norm of the per-tensor 2-norms in

@@ -39,7 +39,11 @@ class StandIns:
             return found[1]
         import importlib
 
-        return getattr(importlib.import_module(owner), name)
+        try:
+            return getattr(importlib.import_module(owner), name)
+        except ModuleNotFoundError:  # `module.Class`: the class's own attribute
+            module, _, cls = owner.rpartition(".")
+            return getattr(getattr(importlib.import_module(module), cls), name)
 
     def restore(self) -> None:
         """Put every original back (tests)."""
