@@ -72,9 +72,10 @@ class Knobs:
     )
     FAST_OPTIMIZER: bool = knob(
         "BACKEND=native or local (no TE/Apex): AdamW as one Triton kernel that also writes the bf16 params, "
-        "clipping folded into it, a multi-tensor grad norm, main_grad += grad as one vectorised kernel, and "
-        "Megatron's per-bucket NaN check without a host sync per bucket (benchlib/megatron/fast_optimizer.py); "
-        "0 = Megatron's own, to compare.",
+        "clipping folded into it, a multi-tensor grad norm, no zeroing of the gradient buffer (a step's first "
+        "write copies), main_grad += grad as one vectorised kernel that also gives Megatron's per-bucket NaN "
+        "check its norms, judged with one host sync, and no device round trip for one-rank step statistics "
+        "(benchlib/megatron/fast_optimizer.py, fast_grads.py, step_stats.py); 0 = Megatron's own, to compare.",
         True,
     )
     COMPILE: bool = knob(
