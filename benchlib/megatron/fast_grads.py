@@ -62,6 +62,7 @@ class _BufferState:
     def __init__(self, copy_first: bool) -> None:
         self.copy_first = copy_first
         self.unwritten: set = set()
+        self.zeroed_storage: int | None = None  # the grad buffer's data_ptr when last zeroed whole
 
 
 class _NormState:
@@ -119,8 +120,14 @@ def buffer_reset(self: Any) -> None:
     """Megatron's reset zeroes the whole buffer; a copy-first buffer instead marks its params
     unwritten (separate main grads, if any, are zeroed as Megatron does)."""
     state = getattr(self, "_benchlib_state", None)
-    if state is None or not state.copy_first:
-        return _original(_BUFFER, "reset")(self)
+    storage = self.grad_data.data_ptr() if getattr(self, "grad_data", None) is not None else None
+    if state is None or not state.copy_first or storage != state.zeroed_storage:
+        # the first reset of this storage (new, or reallocated by an offload and reload) zeroes it
+        # whole: the padding between parameters is never written and must read zero
+        out = _original(_BUFFER, "reset")(self)
+        if state is not None:
+            state.zeroed_storage, state.unwritten = storage, set()
+        return out
     for grad in getattr(self, "extra_main_grads", []):
         grad.zero_()
     state.unwritten = set(self.params)
@@ -248,7 +255,10 @@ def _validate_all(pending: list) -> None:
     import torch
 
     flat = [norm.reshape(()).float() for norms, nan_inf, _ in pending if nan_inf for norm in norms]
-    flags = iter(torch.stack([torch.stack(flat).isnan(), torch.stack(flat).isinf()]).t().tolist()) if flat else iter(())
+    flags: Any = iter(())
+    if flat:
+        norms = torch.stack(flat)
+        flags = iter(torch.stack([norms.isnan(), norms.isinf()]).t().tolist())  # the one host sync
     for norms, check_for_nan_or_inf, check_for_large in pending:
         known = [next(flags) for _ in norms] if check_for_nan_or_inf else None
         _validate_bucket_norms(norms, check_for_nan_or_inf, check_for_large, known)
