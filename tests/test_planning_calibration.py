@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,10 @@ import yaml
 
 from benchlib.config.flags import megatron_arg_dict
 from benchlib.config.resolve import resolve_run
+from benchlib.core.errors import BenchError
 from benchlib.core.gpus import GPU_TABLE
-from benchlib.planning.cost import (HOST_FORWARD_PER_LAYER_S, STEP_HOST_IDLE_S, CostOptions, RunPrediction,
+from benchlib.planning.cost import (FAST_GRADS_COMMIT, HOST_FORWARD_PER_LAYER_S, STEP_HOST_IDLE_FAST_S,
+                                    STEP_HOST_IDLE_S, CostOptions, RunPrediction, made_with_fast_grads,
                                     predict_from_args, predict_run)
 from benchlib.planning.memory import args_from_record, run_args
 
@@ -152,8 +156,11 @@ def test_cuda_graph_flags_are_read_as_megatron_does(flags, scopes):
     assert CostOptions.from_args(megatron_arg_dict(flags)).cuda_graph_scopes == scopes
 
 
-FAST_TRACE = "bench/results/h200x1_host_gaps_profile_fast_optimizer.json"
-QWEN_GBS4 = "bench/results/h200x1_qwen3-30b-a3b-proxy_vs_torchtitan_gbs4.json"  # the traced configuration, same code
+FAST_TRACE = "bench/results/h200x1_host_gaps_profile_fast_optimizer.json"  # FAST_OPTIMIZER before fast_grads.py
+FAST_PROFILE = "bench/results/h200x1_qwen3-30b-a3b-proxy_profile_gbs4.json"  # with fast_grads.py, profiled
+QWEN_GBS4 = "bench/results/h200x1_qwen3-30b-a3b-proxy_vs_torchtitan_gbs4.json"  # the profiled configuration, same code
+QWEN_GBS32 = "bench/results/h200x1_qwen3-30b-a3b-proxy_vs_torchtitan_gbs32.json"  # 8 micro-batches, same code
+QWEN_GBS4_BEFORE = "bench/results/h200x1_qwen3-30b-a3b-proxy_vs_torchtitan_gbs4_before_fast_adam.json"
 
 
 def _record_prediction(path: str, **knobs) -> RunPrediction:
@@ -163,36 +170,66 @@ def _record_prediction(path: str, **knobs) -> RunPrediction:
     return predict_from_args(args, "H200", record.get("gpus_per_node"))
 
 
-def test_host_terms_match_the_h200_trace_of_the_suite_now():
-    """The host time per layer is the middle of what the trace of the suite now measured between two
-    syncs; the step's idle after the backward is what it measured there; and for the traced
-    configuration the GPU idle the model predicts is near the idle the trace shows."""
+def _profiled_steps() -> list[dict]:
+    return json.loads((REPO / FAST_PROFILE).read_text())["profile"]["ranks"]["0"]["steps"]
+
+
+def _profiled_kernel_ms(name_part: str, calls: float | None = None) -> float:
+    top = json.loads((REPO / FAST_PROFILE).read_text())["profile"]["ranks"]["0"]["mean_per_step"]["top_kernels"]
+    found = [k["ms"] for k in top if name_part in k["name"] and (calls is None or k["calls"] == calls)]
+    assert len(found) == 1, (name_part, found)
+    return found[0]
+
+
+def test_host_terms_match_the_h200_traces():
+    """The host time per layer is the middle of what the trace measured between two syncs; Megatron's
+    step idle after the backward is what that trace measured there; with fast_grads.py the step's idle
+    is the unprofiled step of the profiled configuration less the profiled steps' GPU busy time, which
+    is below the profiled steps' idle (the profiler adds host time)."""
     steps = json.loads((REPO / FAST_TRACE).read_text())["traces"]["qwen3-30b-a3b-proxy_mbs4_gbs4"]["steps"]
     medians = [s["forward"]["between_syncs"]["gpu_span_ms_median"] for s in steps]
     assert len(medians) == 2 and min(medians) <= HOST_FORWARD_PER_LAYER_S * 1e3 <= max(medians)
     after_backward = [s["by_phase"]["after_backward"]["idle_ms"] + s["by_phase"]["optimizer_and_after"]["idle_ms"]
                       for s in steps]
     assert min(after_backward) <= STEP_HOST_IDLE_S * 1e3 <= max(after_backward)
+    assert _record_prediction(QWEN_GBS4_BEFORE).step.parts[STEP_IDLE] == STEP_HOST_IDLE_S
+
+    profiled = _profiled_steps()
+    unprofiled_ms = json.loads((REPO / QWEN_GBS4).read_text())["steady_iteration_time_s"] * 1e3
+    idle_unprofiled = [unprofiled_ms - s["gpu_busy_ms"] for s in profiled]
+    assert len(profiled) == 2 and min(idle_unprofiled) <= STEP_HOST_IDLE_FAST_S * 1e3 <= max(idle_unprofiled)
+    assert all(s["wall_ms"] > unprofiled_ms for s in profiled)  # the profiler's host time
     parts = _record_prediction(QWEN_GBS4).step.parts
     predicted = (parts[HOST_IDLE] + parts[STEP_IDLE]) * 1e3
-    traced = [s["idle_ms"] for s in steps]
-    assert 0.7 * min(traced) <= predicted <= max(traced), (predicted, traced)
+    assert min(idle_unprofiled) <= predicted < min(s["gpu_idle_ms"] for s in profiled), (predicted, idle_unprofiled)
 
 
-def test_fast_optimizer_terms_match_the_traced_kernels():
-    """FAST_OPTIMIZER=1 (the record's knob): the optimizer + main-grad part of the traced configuration
-    is the trace's Adam kernel, grad norm, NaN-check norms, grad-buffer zeroing and one micro-batch's
-    accumulate kernel. Megatron's own path (FAST_OPTIMIZER=0) costs more; a TE run takes Megatron's
-    optimizer whatever the knob says."""
+def test_fast_optimizer_terms_match_the_profiled_kernels():
+    """FAST_OPTIMIZER=1 (the record's knob) with fast_grads.py: the optimizer + main-grad part of the
+    profiled configuration (one micro-batch) is the profile's Adam kernel, grad norm and the accumulate
+    kernel's copies; with 8 micro-batches, 7 more adds at the traced add kernel's time. A record made
+    before fast_grads.py also pays the buffer's zeroing and the NaN check's bucket norms, as traced
+    then. Megatron's own path (FAST_OPTIMIZER=0) costs more; a TE run takes Megatron's optimizer
+    whatever the knob says."""
+    adam = _profiled_kernel_ms("_adamw_kernel")
+    grad_norm = _profiled_kernel_ms("multi_tensor_apply_kernel")
+    copies = _profiled_kernel_ms("_accumulate_kernel", calls=39)
     trace = json.loads((REPO / FAST_TRACE).read_text())["traces"]["qwen3-30b-a3b-proxy_mbs4_gbs4"]
-    traced_ms = (trace["optimizer_kernels_ms_per_step"]["total_ms"]
-                 + trace["main_grad_accumulate_ms_per_microbatch"]["ms"])
+    adds = trace["main_grad_accumulate_ms_per_microbatch"]["ms"]
     fast = _record_prediction(QWEN_GBS4)
-    assert fast.options.fast_optimizer
-    assert fast.step.parts[OPTIMIZER] * 1e3 == pytest.approx(traced_ms, rel=0.01)
+    assert fast.options.fast_optimizer and fast.options.fast_grads
+    assert fast.step.parts[OPTIMIZER] * 1e3 == pytest.approx(adam + grad_norm + copies, rel=0.01)
+    gbs32 = _record_prediction(QWEN_GBS32)
+    assert gbs32.step.microbatches == 8
+    assert gbs32.step.parts[OPTIMIZER] * 1e3 == pytest.approx(adam + grad_norm + copies + 7 * adds, rel=0.01)
+    before = _record_prediction(QWEN_GBS4_BEFORE)
+    assert before.options.fast_optimizer and not before.options.fast_grads
+    kernels = trace["optimizer_kernels_ms_per_step"]
+    assert before.step.parts[OPTIMIZER] * 1e3 == pytest.approx(kernels["total_ms"] + adds, rel=0.01)
     megatron = _record_prediction(QWEN_GBS4, FAST_OPTIMIZER=False)
     assert not megatron.options.fast_optimizer
-    assert megatron.step.parts[OPTIMIZER] > 1.8 * fast.step.parts[OPTIMIZER]
+    assert megatron.step.parts[OPTIMIZER] > 1.8 * before.step.parts[OPTIMIZER]
+    assert megatron.step.parts[STEP_IDLE] == STEP_HOST_IDLE_S
     row = next(r for r in TABLE if r["id"] == "qwen3-235b-h100-ep32-deepep")
     run = resolve_run(_argv(row), {"CLUSTER": "template"})
     te = run_args(run)
@@ -204,17 +241,49 @@ def test_fast_optimizer_terms_match_the_traced_kernels():
 def test_records_carry_the_fast_optimizer_knob_into_the_model():
     """A record's resolved knobs say whether FAST_OPTIMIZER ran; a record made before the knob existed
     ran Megatron's optimizer; a native run's arguments without it (a log) get the suite's default; a
-    Transformer Engine run never has it."""
+    Transformer Engine run never has it. A record's date says whether its FAST_OPTIMIZER had
+    fast_grads.py; arguments without a record describe the suite now."""
     record = json.loads((REPO / QWEN_GBS4).read_text())
     assert record["knobs"]["FAST_OPTIMIZER"] is True
     assert CostOptions.from_args(args_from_record(record)[0]).fast_optimizer
+    assert CostOptions.from_args(args_from_record(record)[0]).fast_grads
+    before = json.loads((REPO / QWEN_GBS4_BEFORE).read_text())
+    assert not CostOptions.from_args(args_from_record(before)[0]).fast_grads
+    assert made_with_fast_grads({"date": "2026-12-01T21:45:22+0000"})
+    assert not made_with_fast_grads({"date": "2026-12-01T21:45:21Z"})
+    assert not made_with_fast_grads({"date": "2026-12-01"})
+    assert made_with_fast_grads({})
+    with pytest.raises(BenchError, match="ISO 8601"):
+        made_with_fast_grads({"date": "yesterday"})
     record["knobs"]["FAST_OPTIMIZER"] = False
     assert not CostOptions.from_args(args_from_record(record)[0]).fast_optimizer
     del record["knobs"]
     assert not CostOptions.from_args(args_from_record(record)[0]).fast_optimizer
     native = {"spec": ["benchlib.megatron.spec", "native_spec"]}  # a native run's arguments without the knob
-    assert CostOptions.from_args(native).fast_optimizer
+    assert CostOptions.from_args(native).fast_optimizer and CostOptions.from_args(native).fast_grads
     assert not CostOptions.from_args({}).fast_optimizer  # Megatron's default layers: Transformer Engine
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+
+
+def test_record_dates_agree_with_their_suite_commits_on_fast_grads():
+    """The date rule says what the records' suite commits say: a FAST_OPTIMIZER record has
+    fast_grads.py exactly when its commit descends from the one that brought it in."""
+    if shutil.which("git") is None or _git("cat-file", "-e", FAST_GRADS_COMMIT).returncode != 0:
+        pytest.skip(f"needs git and commit {FAST_GRADS_COMMIT} (a checkout with the project's history)")
+    checked = 0
+    for path in sorted((REPO / "bench/results").glob("*.json")):
+        record = json.loads(path.read_text())
+        commit = record.get("suite_commit") if isinstance(record, dict) else None
+        if not (commit and (record.get("knobs") or {}).get("FAST_OPTIMIZER")
+                and _git("cat-file", "-e", str(commit)).returncode == 0):
+            continue
+        after = _git("merge-base", "--is-ancestor", FAST_GRADS_COMMIT, str(commit)).returncode == 0
+        assert made_with_fast_grads(record) == after, (path.name, commit, record.get("date"))
+        checked += 1
+    assert checked >= 8
 
 
 RECORDS = sorted(p for p in (REPO / "bench/results").glob("h200x*.json")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from benchlib.config.layout import Layout
+from benchlib.core.errors import BenchError
 from benchlib.core.gpus import GPU_TABLE
 from benchlib.planning.arch import ModelShape, as_bool, as_list, get
 from benchlib.planning.gpus import GpuSpec
@@ -69,14 +71,33 @@ NCCL_A2A_EFFICIENCY = 0.3
 OPTIMIZER_BYTES_PER_PARAM = 105.0
 MAIN_GRAD_BYTES_PER_PARAM = 19.0
 # benchlib's FAST_OPTIMIZER=1 (the default without TE): AdamW as one Triton kernel that also writes
-# the bf16 parameters, main_grad += grad as one vectorised kernel. From the torch-profiler trace of
-# one GBS-4 step (one micro-batch) of the Qwen3-30B-A3B proxy on one H200 after those kernels
-# (bench/results/h200x1_host_gaps_profile_fast_optimizer.json; 3.115e9 parameters): per step the
-# Adam kernel 22.73 ms, the grad norm's multi-tensor L2 read 3.48 ms, the per-bucket NaN-check
-# norms 3.11 ms and the fp32 grad-buffer zeroing 2.72 ms = 32.04 ms = 49.4 bytes per parameter at
-# 4.8 TB/s; per micro-batch the accumulate kernel 7.28 ms = 11.2 bytes per parameter.
-OPTIMIZER_BYTES_PER_PARAM_FAST = 49.4
+# the bf16 parameters; the gradient buffer handled by benchlib/megatron/fast_grads.py: not zeroed
+# (an iteration's first write to a parameter's main gradient copies, later micro-batches add, one
+# vectorised kernel either way) and the NaN check's bucket norms taken from the squares the last
+# micro-batch's kernel adds up (no pass of their own). From the torch-profiler summary of GBS-4
+# steps (one micro-batch) of the Qwen3-30B-A3B proxy on one H200 with that code
+# (bench/results/h200x1_qwen3-30b-a3b-proxy_profile_gbs4.json, suite 44c8450; 3.115e9 parameters):
+# per step the Adam kernel 22.84 ms and the grad norm's multi-tensor L2 read 3.47 ms = 26.31 ms =
+# 40.5 bytes per parameter of the shard at 4.8 TB/s; the first write of a step, the accumulate
+# kernel copying (39 calls, 4.745 ms) = 7.3 bytes per local parameter (bf16 read, fp32 write).
+# Later micro-batches add: the same kernel's adds, 7.28 ms = 11.2 bytes per local parameter, from
+# the trace before the copy (bench/results/h200x1_host_gaps_profile_fast_optimizer.json; the add
+# path did not change).
+OPTIMIZER_BYTES_PER_PARAM_FAST = 40.5
+MAIN_GRAD_FIRST_BYTES_PER_PARAM_FAST = 7.3
 MAIN_GRAD_BYTES_PER_PARAM_FAST = 11.2
+# The two passes over the gradient buffer fast_grads.py removed, per local parameter per step, from
+# that earlier trace (suite c88885d): the fp32 zeroing 2.72 ms = 4.2 bytes and the NaN check's
+# per-bucket norms 3.11 ms = 4.8 bytes. Charged to a FAST_OPTIMIZER record made before fast_grads.py
+# (FAST_GRADS_SINCE; then the first write added, 11.2 bytes); the zeroing also where fast_grads.py
+# keeps Megatron's (CUDA graphs: something else may write main_grad).
+GRAD_ZEROING_BYTES_PER_PARAM_FAST = 4.2
+BUCKET_NORM_BYTES_PER_PARAM_FAST = 4.8
+# fast_grads.py came in at commit 39dcffb (2026-12-01 21:45:22 UTC): a record of a FAST_OPTIMIZER run
+# made before then ran the zeroing, bucket norms and per-bucket host round trips
+# (benchlib.planning.memory.args_from_record sets `fast_optimizer_grads` from the record's date).
+FAST_GRADS_COMMIT = "39dcffb"
+FAST_GRADS_SINCE = datetime(2026, 12, 1, 21, 45, 22, tzinfo=timezone.utc)
 # With Transformer Engine's gradient-accumulation fusion the wgrad GEMM adds into the fp32 main
 # gradient itself: its epilogue still reads and writes it, 4 + 4 bytes per local parameter per
 # micro-batch at HBM bandwidth (memory-bound; it matters where a GPU holds many expert weights).
@@ -126,10 +147,21 @@ HOST_FORWARD_PER_LAYER_TE_S = 6.0e-3
 # (the NaN check's verdict), reads the grad norm back before the optimizer step and does the
 # step's bookkeeping after it. Traced idle from the backward's last kernel to the step's end
 # (bench/trace_gaps.py's by_phase after_backward + optimizer_and_after): 9.5 / 10.0 ms in the
-# Qwen3 proxy trace of the suite now (steps 6 / 7), 10.8 / 10.3 ms before the FAST_OPTIMIZER
-# kernels, 8.5 / 8.8 ms for the DeepSeek-V2-Lite proxy. It is Megatron's training loop, not the
-# layers: charged to every run (a few ms against the seconds of a published row's step).
+# Qwen3 proxy trace of FAST_OPTIMIZER before fast_grads.py (suite c88885d, steps 6 / 7), 10.8 / 10.3
+# ms before the FAST_OPTIMIZER kernels, 8.5 / 8.8 ms for the DeepSeek-V2-Lite proxy. It is Megatron's
+# training loop, not the layers: charged to every run on Megatron's optimizer path (FAST_OPTIMIZER=0,
+# TE) and to FAST_OPTIMIZER records made before fast_grads.py.
 STEP_HOST_IDLE_S = 9.7e-3
+# FAST_OPTIMIZER with fast_grads.py and step_stats.py (one host sync for all the NaN/Inf checks, no
+# device round trips for a one-rank group's step statistics). No per-phase trace of this code: the
+# profiled GBS-4 steps (bench/results/h200x1_qwen3-30b-a3b-proxy_profile_gbs4.json) idle 15.5 / 21.0
+# ms of 169.1 / 172.5, but the profiler adds host time (unprofiled steps of the same run ~161 ms, the
+# GPU's busy time the same). The figure is the unprofiled step less the GPU's busy time: the
+# configuration's side-by-side record (h200x1_qwen3-30b-a3b-proxy_vs_torchtitan_gbs4.json, same
+# code, 0.1609 s) less the profiled steps' busy 153.6 / 151.5 ms = 7.3 / 9.4 ms, their middle. It
+# is all the idle of that step (the model gives that configuration no host-bound forward), the
+# forward's few ms included: an upper bound on the epilogue alone.
+STEP_HOST_IDLE_FAST_S = 8.3e-3
 # Where that host time goes inside a layer (the Qwen3 proxy trace before the pinned offsets, step 7, the main thread's
 # ops between its 2nd and 3rd sync, 9.85 ms): the attention block with its norms and residual add
 # 3.25 ms, the router with its top-k and aux loss 2.05 ms, the dispatcher's preprocessing (token
@@ -155,6 +187,25 @@ def host_forward_per_layer_s(args: Mapping[str, Any], opts: "CostOptions") -> di
     return {kind: host * sum(HOST_SHARE[p] for p in parts if p not in captured) for kind, parts in kinds.items()}
 
 
+def made_with_fast_grads(record: Mapping[str, Any]) -> bool:
+    """Whether a record's FAST_OPTIMIZER run had fast_grads.py: made at or after FAST_GRADS_SINCE.
+
+    A record names the time it was made (`date`, ISO 8601, UTC without an offset); a run cannot have
+    run code committed after it. A date without a time counts as that day's start (on the day of the
+    change: before it); a record without a date is taken as made with the suite now."""
+    raw = str(record.get("date") or "").strip()
+    if not raw:
+        return True
+    try:
+        made = datetime.fromisoformat(raw)
+    except ValueError as e:
+        raise BenchError(f"record date {raw!r} is not ISO 8601",
+                         hint="write it as python -m bench run does, e.g. 2026-12-01T21:47:18+0000") from e
+    if made.tzinfo is None:
+        made = made.replace(tzinfo=timezone.utc)
+    return made >= FAST_GRADS_SINCE
+
+
 def uses_transformer_engine(args: Mapping[str, Any]) -> bool:
     """Megatron's TE layers: no benchlib spec and the TE implementation (Megatron's default)."""
     return str(get(args, "transformer_impl", "transformer_engine")) == "transformer_engine" and not get(args, "spec", None)
@@ -174,6 +225,9 @@ class CostOptions:
     # benchlib's FAST_OPTIMIZER (Triton AdamW and main-grad kernels; the suite's default without TE);
     # False: Megatron's own optimizer path. Transformer Engine runs always take Megatron's.
     fast_optimizer: bool = True
+    # with it, benchlib/megatron/fast_grads.py's gradient buffer (no zeroing, first write copies, NaN
+    # check from the last micro-batch's squares); False for a FAST_OPTIMIZER record made before it
+    fast_grads: bool = True
 
     @staticmethod
     def from_args(args: Mapping[str, Any]) -> "CostOptions":
@@ -201,6 +255,8 @@ class CostOptions:
             cuda_graph_scopes=scopes, fsdp=as_bool(args, "use_megatron_fsdp"),
             # the knob, where the arguments carry it (a resolved run's, a record's); else the default
             fast_optimizer=as_bool(args, "FAST_OPTIMIZER", True) and not uses_transformer_engine(args),
+            # set for a record by args_from_record (its date); other arguments describe the suite now
+            fast_grads=as_bool(args, "fast_optimizer_grads", True),
         )
 
 
@@ -403,6 +459,15 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
     fused = te and as_bool(args, "gradient_accumulation_fusion", True)
     grad_bytes = (FUSED_WGRAD_BYTES_PER_PARAM if fused
                   else MAIN_GRAD_BYTES_PER_PARAM_FAST if fast else MAIN_GRAD_BYTES_PER_PARAM)
+    step_idle_s = STEP_HOST_IDLE_S
+    if fast and opts.fast_grads:
+        step_idle_s = STEP_HOST_IDLE_FAST_S
+        if opts.cuda_graph_scopes:  # fast_grads.py keeps Megatron's zeroing; every write adds
+            optim_s += GRAD_ZEROING_BYTES_PER_PARAM_FAST * local_p / hbm
+        else:  # each micro-batch writes every local gradient once; the step's first write copies
+            grad_bytes += (MAIN_GRAD_FIRST_BYTES_PER_PARAM_FAST - MAIN_GRAD_BYTES_PER_PARAM_FAST) / M
+    elif fast:  # before fast_grads.py: the buffer zeroed and read again for the NaN check's norms
+        optim_s += (GRAD_ZEROING_BYTES_PER_PARAM_FAST + BUCKET_NORM_BYTES_PER_PARAM_FAST) * local_p / hbm
     optim_s += grad_bytes * local_p * M / hbm
 
     scale = M + bubble
@@ -417,9 +482,9 @@ def predict_step(args: Mapping[str, Any], shape: ModelShape, lay: Layout, gpu: G
         "PP p2p": pp_s * M,
         "DP grad/param sync": dp_s,
         "optimizer + main-grad": optim_s,
-        "step's host epilogue (GPU idle)": STEP_HOST_IDLE_S,
+        "step's host epilogue (GPU idle)": step_idle_s,
     }
-    return StepPrediction(step_s=per_mb * scale + dp_s + optim_s + STEP_HOST_IDLE_S, parts=parts, microbatches=M)
+    return StepPrediction(step_s=per_mb * scale + dp_s + optim_s + step_idle_s, parts=parts, microbatches=M)
 
 
 @dataclass
@@ -445,7 +510,8 @@ class RunPrediction:
         lines = [f"predicted step time {self.step.step_s:.3f} s ({self.step.microbatches} micro-batches), "
                  f"{self.tokens_per_s_per_gpu:,.0f} tokens/s/GPU, {self.tflops_per_gpu:.0f} TFLOP/s/GPU "
                  f"({o.precision}, dispatcher {o.dispatcher}, A2A overlap {'on' if o.a2a_overlap else 'off'}, "
-                 f"recompute {o.recompute}, FAST_OPTIMIZER {'on' if o.fast_optimizer else 'off'})"]
+                 f"recompute {o.recompute}, FAST_OPTIMIZER {'on' if o.fast_optimizer else 'off'}"
+                 f"{' before fast_grads' if o.fast_optimizer and not o.fast_grads else ''})"]
         for name, secs in sorted(self.step.parts.items(), key=lambda kv: -kv[1]):
             if secs > 0:
                 lines.append(f"  {name:<42}{secs:9.3f} s  {secs / self.step.step_s:6.1%}")
@@ -459,7 +525,8 @@ class RunPrediction:
                 "cost_options": {"precision": self.options.precision, "dispatcher": self.options.dispatcher,
                                  "a2a_overlap": self.options.a2a_overlap, "recompute": self.options.recompute,
                                  "cuda_graph_scopes": list(self.options.cuda_graph_scopes),
-                                 "fast_optimizer": self.options.fast_optimizer}}
+                                 "fast_optimizer": self.options.fast_optimizer,
+                                 "fast_grads": self.options.fast_optimizer and self.options.fast_grads}}
 
 
 def predict_from_args(args: Mapping[str, Any], gpu_type: str, gpus_per_node: int | None = None,

@@ -219,6 +219,11 @@ def args_from_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | N
     if backend in ("native", "local") and "FAST_OPTIMIZER" not in args:
         # records made before the knob existed ran Megatron's foreach AdamW
         args["FAST_OPTIMIZER"] = bool(knobs.get("FAST_OPTIMIZER", record.get("FAST_OPTIMIZER", False)))
+    if "fast_optimizer_grads" not in args:
+        # the same knob meant another gradient-buffer path before fast_grads.py (cost.FAST_GRADS_SINCE)
+        from benchlib.planning.cost import made_with_fast_grads
+
+        args["fast_optimizer_grads"] = made_with_fast_grads(record)
     return args, backend
 
 
