@@ -4,6 +4,7 @@
     python -m bench run NAME [KEY=VALUE ...] [--timeout S] [--name N] [-- EXTRA MEGATRON ARGS]
     python -m bench records                           # check every record's provenance
     python -m bench table                             # the README's table of figures
+    python -m bench split RECORD_A RECORD_B           # per micro-batch vs per iteration, both sides
 
 Run it from the repository root on the GPU machine, with an interpreter that has benchlib's
 dependencies (e.g. .venv/bin/python). Records go to bench/results/<name>.json.
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="torchtitan variants a peer scenario runs, comma-separated (default eager,compiled)")
     sub.add_parser("records", help="check that every record names a scenario or says why it is historical")
     sub.add_parser("table", help="print the README's table of figures from the records")
+    split_p = sub.add_parser("split", help="solve two records of one shape at two GBS for the time per micro-batch "
+                                           "and per iteration beyond them, the suite's and the peer's")
+    split_p.add_argument("records", nargs=2, help="record names under bench/results (without .json) or paths")
     # knobs may come before or after the options: argparse leaves the later ones over
     args, leftover = parser.parse_known_args(argv)
     if leftover and args.cmd != "run":
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         if args.cmd == "table":
             print(table_markdown(load_records()))
+            return 0
+        if args.cmd == "split":
+            from bench.split import load_record, split_records, split_table
+
+            print(split_table(split_records(*(load_record(r, RESULTS_DIR) for r in args.records))))
             return 0
         scenario = get_scenario(args.scenario)
         overrides = _overrides([*args.overrides, *leftover])
