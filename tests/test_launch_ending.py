@@ -53,10 +53,16 @@ def _run_dir(out: Path) -> Path:
     return dirs[0]
 
 
-def _start(env: dict[str, str], mode: str, tag: str) -> subprocess.Popen:
+def _ignore_sigint() -> None:
+    """What a background job of a script (`nohup bash interactive_benchmarking.sh &`) starts with."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start(env: dict[str, str], mode: str, tag: str, sigint_ignored: bool = False) -> subprocess.Popen:
     env = {**env, "ENTRY_COMMAND": f"{sys.executable} {STANDIN} {mode} {tag}"}
     return subprocess.Popen(["bash", str(ROOT / "interactive_benchmarking.sh")], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_ignore_sigint if sigint_ignored else None)
 
 
 def _finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -101,10 +107,12 @@ def test_failed_rank_ends_within_30_s_of_its_traceback(clean_env: dict[str, str]
     assert proc.returncode != 0 and _pids_with(tag) == []
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigint-to-a-launch-started-ignoring-it"])
 def test_interrupt_ends_every_process(clean_env: dict[str, str], tmp_path: Path, how: str) -> None:
+    """The last case: the launcher inherited SIGINT ignored, yet an explicit SIGINT to it cancels the run
+    (bash cannot trap a signal ignored when it started, so the launcher starts the script with it)."""
     tag = f"standin-{uuid.uuid4().hex}"
-    proc = _start(_env(clean_env, tmp_path), "sleep", tag)
+    proc = _start(_env(clean_env, tmp_path), "sleep", tag, sigint_ignored=how.startswith("sigint-to"))
     assert proc.stdout is not None
     training = 0
     for line in proc.stdout:  # two ranks' lines may share one line of the merged output
@@ -116,12 +124,14 @@ def test_interrupt_ends_every_process(clean_env: dict[str, str], tmp_path: Path,
     assert ranks
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # the terminal's SIGINT goes to the foreground group
-    else:
+    elif how == "sigterm":
         os.kill(proc.pid, signal.SIGTERM)  # `kill` of the launcher
+    else:
+        os.kill(proc.pid, signal.SIGINT)  # `kill -INT` of the launcher
     t0 = time.monotonic()
     out = _finish(proc, timeout=60)
     assert time.monotonic() - t0 < 30, out
-    assert proc.returncode == (130 if how == "ctrl-c" else 143), out
+    assert proc.returncode == (143 if how == "sigterm" else 130), out
     assert _pids_with(tag) == [], "a rank outlived the interrupted run"
     run_dir = _run_dir(tmp_path)
     assert (run_dir / "INCOMPLETE").exists()

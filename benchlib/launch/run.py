@@ -165,17 +165,25 @@ def run_script(script_path: Path, environ: Mapping[str, str]) -> int:
     """Run the interactive script to its end. SIGINT/SIGTERM/SIGHUP to this process are passed on
     to the script, whose trap stops every process of the run; this process never kills it itself
     (subprocess.run would SIGKILL it on Ctrl-C, leaving the ranks behind)."""
-    proc = subprocess.Popen(["bash", str(script_path)], env=dict(environ))
+    proc: subprocess.Popen | None = None
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        received.append(signum)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
 
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    # Handlers first: a signal with a handler starts out at its default in the script, where a
+    # signal this process inherited as ignored (a background job of a script, `nohup ... &` starts
+    # with SIGINT ignored) would stay ignored, and bash cannot trap a signal ignored at its start.
     previous = {sig: signal.signal(sig, forward) for sig in handled}
     try:
+        proc = subprocess.Popen(["bash", str(script_path)], env=dict(environ))
+        if received:  # arrived while the script was starting
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(received[-1])
         return proc.wait()
     finally:
         for sig, handler in previous.items():
